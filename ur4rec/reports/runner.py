@@ -1,0 +1,267 @@
+"""Run the notebooks headless with papermill and export self-contained HTML reports.
+
+``run_reports`` executes ``notebooks/NN_*.ipynb`` in order, each with its parameters from the
+profile, into ``<reports_dir>/<profile>/`` (executed notebook + HTML) and writes ``index.html``
+listing every notebook with status, duration and the run's metadata. A failing notebook still gets
+its HTML (with the traceback), the notebooks that depend on it are skipped, the index marks both,
+and the run returns a non-zero status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ur4rec.errors import ConfigError
+from ur4rec.io import atomic_write_json, atomic_write_text
+from ur4rec.profiles import profile_config
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+KERNEL_NAME = "ur4rec"
+
+#: Which notebooks each notebook needs to have run first (by name prefix).
+DEPENDS: dict[str, list[str]] = {
+    "01_data_prep": [],
+    "02_model_walkthrough": ["01_data_prep"],
+    "03_training": ["01_data_prep"],
+    "04_nan_diagnosis": ["03_training"],
+    "05_evaluation": ["03_training"],
+}
+PACKAGES = ["torch", "transformers", "sentence-transformers", "papermill", "nbconvert", "plotly", "pandas", "numpy"]
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    status: str  # ok | failed | skipped
+    seconds: float
+    html: str | None
+    notebook: str | None
+    error: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def discover_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def run_metadata(profile: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    cfg = profile_config(profile, parameters.get("config_path"), parameters.get("overrides"))
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except Exception:  # torch missing or broken: metadata only
+        device = "unknown"
+    return {
+        "profile": profile,
+        "git": git_state(),
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "text_source": cfg.text_source,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "versions": versions,
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+    }
+
+
+def export_html(executed: Path, html_path: Path) -> None:
+    """Convert an executed notebook to standalone HTML (plotly is embedded by its renderer)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(executed, as_version=4)
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
+    atomic_write_text(html_path, body)
+
+
+def load_custom_parameters(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Parameters file '{path}' does not exist.", where=str(path), fix="check the path")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ConfigError("Parameters file must be a mapping.", where=str(path), fix="write 'name: value' lines")
+    return values
+
+
+def notebook_parameters(name: str, profile: str, run_dir: Path, custom: dict[str, Any]) -> dict[str, Any]:
+    """Parameters for one notebook: the profile and shared run directory, then custom values.
+
+    ``custom`` maps parameter -> value for every notebook, or notebook name -> {parameter: value}.
+    """
+    params: dict[str, Any] = {"profile": profile, "run_dir": str(run_dir)}
+    for key, value in custom.items():
+        if key in DEPENDS or key[:2].isdigit():
+            if key == name:
+                params.update(value or {})
+        else:
+            params[key] = value
+    return params
+
+
+def _run_one(path: Path, out_dir: Path, params: dict[str, Any]) -> NotebookResult:
+    import papermill as pm
+
+    name = path.stem
+    executed = out_dir / f"{name}.ipynb"
+    html_path = out_dir / f"{name}.html"
+    t0 = time.perf_counter()
+    error = None
+    try:
+        pm.execute_notebook(
+            str(path), str(executed), parameters=params, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT),
+            progress_bar=False, log_output=False,
+        )
+        status = "ok"
+    except Exception as exc:  # papermill saved the notebook with the traceback; report it
+        status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+    seconds = time.perf_counter() - t0
+    html_rel = None
+    if executed.is_file():
+        export_html(executed, html_path)
+        html_rel = html_path.name
+    return NotebookResult(name, status, seconds, html_rel, executed.name if executed.is_file() else None,
+                          error, params)
+
+
+def run_reports(
+    profile: str = "full",
+    only: list[str] | None = None,
+    custom_parameters: dict[str, Any] | None = None,
+    reports_dir: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    notebook_dir: Path = NOTEBOOK_DIR,
+) -> tuple[list[NotebookResult], Path]:
+    """Run the notebooks of ``profile``; returns the results and the index path."""
+    custom = custom_parameters or {}
+    cfg = profile_config(profile, custom.get("config_path"), custom.get("overrides"))
+    out_dir = (Path(reports_dir).resolve() if reports_dir else cfg.path("reports_dir")) / profile
+    run_dir = (Path(runs_dir).resolve() if runs_dir else cfg.path("runs_dir")) / f"reports-{profile}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    notebooks = discover_notebooks(notebook_dir)
+    if only:
+        unknown = [o for o in only if not any(p.stem == o or p.stem.startswith(o) for p in notebooks)]
+        if unknown:
+            raise ConfigError(
+                f"No notebook named {unknown}.", where="--only",
+                fix=f"use one of {[p.stem for p in notebooks]}",
+            )
+        notebooks = [p for p in notebooks if any(p.stem == o or p.stem.startswith(o) for o in only)]
+
+    os.environ.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook")
+    os.environ["UR4REC_PROFILE"] = profile
+    meta = run_metadata(profile, custom)
+    cfg.save(out_dir, "config.yaml")
+    results: list[NotebookResult] = []
+    failed: set[str] = set()
+    for path in notebooks:
+        deps = DEPENDS.get(path.stem, [])
+        blocked = [d for d in deps if d in failed]
+        if blocked:
+            results.append(NotebookResult(path.stem, "skipped", 0.0, None, None, f"depends on failed {blocked}"))
+            failed.add(path.stem)
+            continue
+        params = notebook_parameters(path.stem, profile, run_dir, custom)
+        result = _run_one(path, out_dir, params)
+        results.append(result)
+        if result.status != "ok":
+            failed.add(path.stem)
+        # Rewrite the index after each notebook so an interrupted run still shows progress.
+        write_index(out_dir, results, meta)
+    index = write_index(out_dir, results, meta)
+    return results, index
+
+
+_STATUS_COLOUR = {"ok": "#1a7f37", "failed": "#cf222e", "skipped": "#9a6700"}
+
+
+def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, Any]) -> Path:
+    rows = []
+    for r in results:
+        link = f'<a href="{html.escape(r.html)}">{html.escape(r.name)}</a>' if r.html else html.escape(r.name)
+        rows.append(
+            f"<tr><td>{link}</td><td style='color:{_STATUS_COLOUR.get(r.status, '#000')}'><b>{r.status}</b></td>"
+            f"<td>{r.seconds:.1f} s</td><td>{html.escape(r.error or '')}</td></tr>"
+        )
+    leaderboard = ""
+    lb_path = out_dir / "leaderboard.html"
+    if lb_path.is_file():
+        leaderboard = "<h2>Leaderboard</h2>" + lb_path.read_text()
+    git = meta["git"]
+    facts = [
+        ("profile", meta["profile"]),
+        ("date (UTC)", meta["date_utc"]),
+        ("git commit", f"{git['commit'] or 'unknown'}{' (dirty)' if git['dirty'] else ''}"),
+        ("config hash", meta["config_hash"]),
+        ("seed", meta["seed"]),
+        ("text source", meta["text_source"]),
+        ("python / platform", f"{meta['python']} / {meta['platform']}"),
+        ("CPU / device", f"{meta['cpu']} ({meta['cpu_count']} cores) / {meta['device']}"),
+        ("packages", ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)),
+    ]
+    total = sum(r.seconds for r in results)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>UR4Rec Workbench reports ({html.escape(meta['profile'])})</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}}
+pre{{background:#f6f8fa;padding:1em;overflow:auto;max-height:30em}}</style></head><body>
+<h1>UR4Rec Workbench — {html.escape(meta['profile'])} profile</h1>
+{leaderboard}
+<h2>Notebooks</h2>
+<table><tr><th>notebook</th><th>status</th><th>duration</th><th>error</th></tr>
+{''.join(rows)}
+</table><p>Total notebook time: {total:.1f} s.</p>
+<h2>Run metadata</h2><table>
+{''.join(f'<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>' for k, v in facts)}
+</table>
+<h3>Resolved config</h3><pre>{html.escape(yaml.safe_dump(meta['config'], sort_keys=False))}</pre>
+</body></html>
+"""
+    atomic_write_json(out_dir / "index.json", {"results": [asdict(r) for r in results], "meta": meta})
+    return atomic_write_text(out_dir / "index.html", page)
+
+
+def summarise(results: list[NotebookResult]) -> dict[str, Any]:
+    return {
+        "notebooks": [{"name": r.name, "status": r.status, "seconds": round(r.seconds, 2), "html": r.html,
+                       "error": r.error} for r in results],
+        "ok": all(r.status == "ok" for r in results),
+    }
+
