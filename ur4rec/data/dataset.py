@@ -63,7 +63,7 @@ class PreparedData:
         inter = self.interactions.sort_values(["user", "position"])
         for split in ("train", "valid", "test"):
             part = inter[inter["split"] == split]
-            groups = part.groupby("user")["item"].apply(lambda s: s.to_numpy(dtype=np.int64))
+            groups = part.groupby("user")["item"].apply(lambda s: s.to_numpy(dtype=np.int64, copy=True))
             out[split] = [groups.get(u, np.zeros(0, dtype=np.int64)) for u in range(self.num_users)]
         return out
 

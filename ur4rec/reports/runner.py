@@ -1,6 +1,6 @@
 """Run the notebooks headless with papermill and export self-contained HTML reports.
 
-``run_reports`` executes ``notebooks/NN_*.ipynb`` in order, each with its parameters from the
+``run_reports`` executes ``notebooks/NN[x]_*.ipynb`` in name order, each with its parameters from the
 profile, into ``<reports_dir>/<profile>/`` (executed notebook + HTML) and writes ``index.html``
 listing every notebook with status, duration and the run's metadata. A failing notebook still gets
 its HTML (with the traceback), the notebooks that depend on it are skipped, the index marks both,
@@ -33,8 +33,9 @@ KERNEL_NAME = "ur4rec"
 #: Which notebooks each notebook needs to have run first (by name prefix).
 DEPENDS: dict[str, list[str]] = {
     "01_data_prep": [],
-    "02_model_walkthrough": ["01_data_prep"],
-    "03_training": ["01_data_prep"],
+    "01b_texts": ["01_data_prep"],
+    "02_model_walkthrough": ["01b_texts"],
+    "03_training": ["01b_texts"],
     "04_nan_diagnosis": ["03_training"],
     "05_evaluation": ["03_training"],
 }
@@ -53,7 +54,7 @@ class NotebookResult:
 
 
 def discover_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+    return sorted(p for p in notebook_dir.glob("[0-9][0-9]*_*.ipynb"))
 
 
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:

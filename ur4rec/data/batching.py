@@ -1,0 +1,43 @@
+"""Turning variable-length item sequences into left-padded tensors (0 = padding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def pad_left(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
+    """The last ``max_len`` items of each sequence, left-padded with 0: LongTensor [B, max_len].
+
+    Left padding keeps every user's most recent item at the last position, where SASRec reads the
+    user representation.
+    """
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        tail = np.asarray(s[-max_len:], dtype=np.int64)
+        if len(tail):
+            out[i, max_len - len(tail):] = tail
+    return torch.from_numpy(out)
+
+
+def training_windows(seqs: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-item training pairs from every position of every sequence.
+
+    A sequence s gives inputs s[:-1] and targets s[1:]; one longer than ``max_len`` + 1 is cut into
+    windows from its end backwards, so every target is used exactly once (long histories are not
+    truncated to their last ``max_len`` items). Returns left-padded (inputs, targets) [W, max_len];
+    target 0 marks padding.
+    """
+    inputs, targets = [], []
+    for s in seqs:
+        s = np.asarray(s, dtype=np.int64)
+        end = len(s)
+        while end > 1:
+            start = max(0, end - max_len - 1)
+            window = s[start:end]
+            inputs.append(window[:-1])
+            targets.append(window[1:])
+            end = start + 1 if start > 0 else 0
+    return pad_left(inputs, max_len), pad_left(targets, max_len)
