@@ -52,3 +52,22 @@ def test_non_finite_scores_name_the_users_instead_of_skipping() -> None:
     scores[2, 4] = 0.5
     scores[:, 0] = float("nan")
     assert target_ranks(scores, torch.tensor([1, 1, 1, 1])).shape == (4,)
+
+
+def test_two_stage_scores_rerank_top_r_and_keep_sasrec_order_below() -> None:
+    from ur4rec.evaluation.scoring import two_stage_scores
+
+    first = torch.tensor([[0.0, 5.0, 4.0, 3.0, 2.0, 1.0]])  # SASRec order: 1, 2, 3, 4, 5
+    exclude = torch.zeros_like(first, dtype=torch.bool)
+    exclude[0, 2] = True  # item 2 is known: never recommended, not among the candidates
+    seen = {}
+
+    def rerank(cands: torch.Tensor) -> torch.Tensor:
+        seen["cands"] = cands.tolist()
+        return torch.tensor([[0.1, 0.9]])  # reverses the top-2
+
+    out = two_stage_scores(first, rerank, top_r=2, exclude=exclude)
+    assert seen["cands"] == [[1, 3]]
+    order = torch.argsort(out[0], descending=True).tolist()
+    assert order[:4] == [3, 1, 4, 5]  # re-ranked top-2, then SASRec's order
+    assert torch.isinf(out[0, 0]) and torch.isinf(out[0, 2])

@@ -8,6 +8,7 @@ input print one clear message, no traceback, and exit 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,9 @@ from typing import Any
 
 from ur4rec.config import load_config
 from ur4rec.errors import UR4RecError
+
+#: Modules that add their own subcommands with ``register(subparsers, common)``.
+COMMAND_MODULES: list[str] = []
 
 Handler = Callable[[argparse.Namespace], tuple[int, dict[str, Any], str]]
 
@@ -64,6 +68,35 @@ def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     return (0 if summary["ok"] else 1), summary, "\n".join(lines)
 
 
+def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.training.run import train
+
+    cfg = load_config(args.config, args.overrides)
+    result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json)
+    payload = result.to_dict()
+    lines = [f"{s.stage:<20} epochs {s.epochs:>3}  best valid NDCG@10 {s.best_metric:.4f} (epoch {s.best_epoch})"
+             f"{'  early-stopped' if s.stopped_early else ''}  {s.seconds:.1f} s" for s in result.stages]
+    lines.append(f"Run: {result.run_dir} ({result.seconds:.1f} s)")
+    return 0, payload, "\n".join(lines)
+
+
+def cmd_clean(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.training.run import clean_run
+
+    cfg = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir)
+    targets = sorted(run_dir.glob("*.pt")) if run_dir.is_dir() else []
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UR4RecError("Refusing to delete checkpoints without confirmation.", where="ur4rec clean",
+                              fix="pass --yes")
+        answer = input(f"Delete {len(targets)} checkpoint(s) in {run_dir}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 1, {"removed": []}, "Nothing deleted."
+    removed = clean_run(run_dir, cfg.path("runs_dir"))
+    return 0, {"removed": [str(p) for p in removed]}, f"Deleted {len(removed)} checkpoint(s) in {run_dir}."
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ur4rec", description="UR4Rec Workbench command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_prep)
     p_prep.add_argument("--force", action="store_true", help="rebuild even if an identical output exists")
     p_prep.set_defaults(handler=cmd_prepare)
+
+    p_train = sub.add_parser("train", help="staged joint training (JointTrainer)")
+    _common(p_train)
+    p_train.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>-<config hash>)")
+    p_train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p_train.set_defaults(handler=cmd_train)
+
+    p_clean = sub.add_parser("clean", help="delete a run's checkpoints (only inside the runs directory)")
+    _common(p_clean)
+    p_clean.add_argument("--run-dir", required=True)
+    p_clean.add_argument("--yes", action="store_true", help="do not ask")
+    p_clean.set_defaults(handler=cmd_clean)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, _common)
 
     p_rep = sub.add_parser("reports", help="run the notebooks headless into HTML reports")
     _common(p_rep)

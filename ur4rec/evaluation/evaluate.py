@@ -1,0 +1,206 @@
+"""``ur4rec evaluate``: every model, every user, full ranking first.
+
+Models on the same split and the same metric code: ``ur4rec`` (fused, two-stage), ``sasrec``,
+``retriever`` (two-stage), ``mostpop``, ``itemknn``, on validation and test. Each metric mean comes
+with a 95% bootstrap CI over users; the fused model is compared with SASRec alone by a paired
+permutation test. The sampled protocol (100 negatives per user, drawn once with a fixed seed,
+identical for every model) is reported as a labelled extra, never instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ur4rec.config import Config, config_from_dict, read_yaml
+from ur4rec.data.batching import pad_left
+from ur4rec.data.dataset import PreparedData, Split
+from ur4rec.evaluation.baselines import ItemKNN, MostPop
+from ur4rec.evaluation.metrics import metrics_from_ranks, summarise
+from ur4rec.evaluation.protocol import EvalResult, evaluate_full_ranking, known_items_mask
+from ur4rec.evaluation.scoring import per_pair_scorer, sasrec_scorer
+from ur4rec.evaluation.statistics import bootstrap_ci, paired_permutation_test
+from ur4rec.io import atomic_write_json, atomic_write_text
+from ur4rec.training.seeding import generator
+
+MODELS = ["ur4rec", "sasrec", "retriever", "mostpop", "itemknn"]
+REPORTED = ["hit@5", "ndcg@5", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "mrr", "mean_rank"]
+
+
+def sampled_negatives(data: PreparedData, split: Split, n: int, strategy: str, seed: int) -> torch.Tensor:
+    """``n`` negatives per user, drawn once (fixed seed), never a known or held-out item: [U, n]."""
+    g = generator(seed, "sampled-eval", split, strategy)
+    hist, held = data.history(split), data.held_out(split)
+    weights = torch.ones(data.num_items + 1)
+    if strategy == "popularity":
+        weights = torch.as_tensor(data.item_popularity(), dtype=torch.float32) + 1.0
+    weights[0] = 0.0
+    out = torch.zeros(data.num_users, n, dtype=torch.long)
+    for u in range(data.num_users):
+        w = weights.clone()
+        w[torch.as_tensor(hist[u], dtype=torch.long)] = 0.0
+        w[torch.as_tensor(held[u], dtype=torch.long)] = 0.0
+        out[u] = torch.multinomial(w, n, replacement=False, generator=g)
+    return out
+
+
+def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg: Config) -> dict[str, Callable]:
+    out: dict[str, Callable] = {}
+    if model is not None:
+        model.eval()
+        out["ur4rec"] = per_pair_scorer(model, "fused", cfg.rerank_top_r)
+        out["sasrec"] = sasrec_scorer(model)
+        out["retriever"] = per_pair_scorer(model, "retriever", cfg.rerank_top_r)
+    pop, knn = MostPop(data, split), ItemKNN(data, split)
+    out["mostpop"] = lambda users, seq: pop.score(users)
+    out["itemknn"] = lambda users, seq: knn.score(users)
+    return out
+
+
+@torch.no_grad()
+def sampled_result(name: str, model: torch.nn.Module | None, full_score: Callable, data: PreparedData, split: Split,
+                   cfg: Config, negatives: torch.Tensor) -> EvalResult:
+    """Rank the target among its fixed sampled negatives; per-pair models score the candidates directly."""
+    users = np.arange(data.num_users)
+    hist = data.history(split)
+    targets = torch.as_tensor([data.held_out(split)[u][0] for u in users])
+    ranks = np.zeros(len(users), dtype=np.int64)
+    for start in range(0, len(users), 256):
+        b = users[start:start + 256]
+        u = torch.as_tensor(b)
+        seq = pad_left([hist[i] for i in b], cfg.max_seq_len)
+        cands = torch.cat([targets[b].unsqueeze(1), negatives[b]], dim=1)
+        if name == "ur4rec":
+            s = model(u, seq, cands)["scores"]
+        elif name == "retriever":
+            s = model.retriever(u, cands)["scores"]
+        else:
+            s = full_score(u, seq).gather(1, cands)
+        # ties count against the target, as in full ranking
+        ranks[start:start + len(b)] = (1 + (s[:, 1:] >= s[:, :1]).sum(dim=1)).numpy()
+    return EvalResult(split, users, ranks, metrics_from_ranks(ranks, cfg.eval_ks))
+
+
+def _entry(result: EvalResult, seed: int) -> dict[str, Any]:
+    summary = summarise(result.per_user)
+    ci = {}
+    for k, v in result.per_user.items():
+        key = "mean_rank" if k == "rank" else k
+        ci[key] = bootstrap_ci(v, seed=seed)
+    return {"metrics": summary, "ci95": ci}
+
+
+def breakdowns(result: EvalResult, data: PreparedData, split: Split, metric: str = "ndcg@10") -> pd.DataFrame:
+    """Per-user metric grouped by history length, target popularity and target genre."""
+    hist_len = np.array([len(h) for h in data.history(split)])[result.users]
+    targets = np.array([data.held_out(split)[u][0] for u in result.users])
+    pop = data.item_popularity()[targets]
+    genres = data.item_genres()
+    rows = []
+    len_bins = pd.cut(hist_len, [0, 20, 50, 100, 200, 10_000], right=False)
+    pop_bins = pd.qcut(pop, 4, duplicates="drop")
+    values = result.per_user[metric]
+    for by, bins in (("history length", len_bins), ("target popularity", pop_bins)):
+        df = pd.DataFrame({"group": bins.astype(str), "value": values})
+        for g, part in df.groupby("group", sort=False):
+            rows.append((by, g, len(part), float(part["value"].mean())))
+    genre_rows: dict[str, list[float]] = {}
+    for v, t in zip(values, targets):
+        for g in genres[t] or ["(none)"]:
+            genre_rows.setdefault(g, []).append(v)
+    for g, vals in sorted(genre_rows.items()):
+        rows.append(("target genre", g, len(vals), float(np.mean(vals))))
+    return pd.DataFrame(rows, columns=["breakdown", "group", "users", metric])
+
+
+def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | None,
+                    splits: tuple[Split, ...] = ("valid", "test")) -> dict[str, Any]:
+    out: dict[str, Any] = {"users_evaluated": data.num_users, "full": {}, "sampled": {},
+                           "protocol": {"full": "full ranking over the catalogue, known items excluded, ties count "
+                                                "against the target; ur4rec/retriever two-stage (SASRec top-"
+                                                f"{cfg.rerank_top_r} re-ranked)",
+                                        "sampled": f"{cfg.sampled_negatives} {cfg.sampled_strategy} negatives per "
+                                                   "user drawn once (fixed seed), identical for all models"},
+                           "seconds": {}, "paired_test": {}}
+    per_user: dict[tuple[str, str], EvalResult] = {}
+    for split in splits:
+        out["full"][split], out["sampled"][split] = {}, {}
+        negatives = sampled_negatives(data, split, cfg.sampled_negatives, cfg.sampled_strategy, cfg.seed)
+        for name, fn in scorers(model, data, split, cfg).items():
+            t0 = time.perf_counter()
+            res = evaluate_full_ranking(fn, data, split, cfg.max_seq_len, ks=cfg.eval_ks)
+            out["seconds"][f"{split}/{name}"] = round(time.perf_counter() - t0, 3)
+            per_user[(split, name)] = res
+            out["full"][split][name] = _entry(res, cfg.seed)
+            out["sampled"][split][name] = _entry(sampled_result(name, model, fn, data, split, cfg, negatives), cfg.seed)
+        if model is not None:
+            out["paired_test"][split] = {"ur4rec_vs_sasrec_ndcg@10": paired_permutation_test(
+                per_user[(split, "ur4rec")].per_user["ndcg@10"], per_user[(split, "sasrec")].per_user["ndcg@10"],
+                seed=cfg.seed)}
+    out["_per_user"] = per_user  # for notebooks; dropped before writing JSON
+    return out
+
+
+def leaderboard(results: dict[str, Any], protocol: str = "full", split: str = "test") -> pd.DataFrame:
+    rows = []
+    for name, entry in results[protocol][split].items():
+        row = {"model": name}
+        for m in REPORTED:
+            if m in entry["metrics"]:
+                row[m] = entry["metrics"][m]
+                lo, hi = entry["ci95"][m]
+                row[f"{m} ci95"] = f"[{lo:.4f}, {hi:.4f}]"
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("model")
+    return df.sort_values("ndcg@10", ascending=False) if "ndcg@10" in df else df
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    lines = ["# Evaluation", "", f"Users evaluated: {results['users_evaluated']} (every user).", ""]
+    for protocol in ("full", "sampled"):
+        label = "Full ranking (primary)" if protocol == "full" else "Sampled (labelled extra, not comparable)"
+        for split in results[protocol]:
+            lines += [f"## {label} — {split}", "", results["protocol"][protocol], ""]
+            df = leaderboard(results, protocol, split)
+            cols = [c for c in ("hit@10", "ndcg@10", "ndcg@10 ci95", "mrr@10", "hit@20", "ndcg@20", "mean_rank")
+                    if c in df]
+            lines.append("| model | " + " | ".join(cols) + " |")
+            lines.append("|---" * (len(cols) + 1) + "|")
+            for name, row in df[cols].iterrows():
+                cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    for split, tests in results.get("paired_test", {}).items():
+        for name, t in tests.items():
+            lines.append(f"Paired permutation test ({split}, {name}): mean difference {t['mean_difference']:+.4f}, "
+                         f"p = {t['p_value']:.4f} over {t['users']} users.")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False) -> dict[str, Any]:
+    """Evaluate a finished run (its ``final.pt``) and write ``eval.json`` and ``eval.md`` into it."""
+    from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint
+    from ur4rec.training.run import build_workspace
+
+    run_dir = Path(run_dir)
+    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    ws = build_workspace(cfg)
+    expected = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
+    ck = load_checkpoint(run_dir / "final.pt", expected, allow_mismatch=allow_mismatch)
+    ws.model.load_state_dict(ck["model"])
+    t0 = time.perf_counter()
+    results = evaluate_models(cfg, ws.data, ws.model)
+    results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    results.pop("_per_user")
+    atomic_write_json(run_dir / "eval.json", results)
+    atomic_write_text(run_dir / "eval.md", to_markdown(results))
+    return results
+
+
+__all__ = ["MODELS", "breakdowns", "evaluate_models", "evaluate_run", "leaderboard", "known_items_mask"]

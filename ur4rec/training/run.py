@@ -1,0 +1,80 @@
+"""A training run end to end: data → texts and embeddings → model → JointTrainer.
+
+A run lives in one directory (default ``runs/<profile>-<config hash>``): ``config.yaml``,
+``history.jsonl`` (one JSON line per epoch), ``best-<stage>.pt``, ``last.pt`` (for ``--resume``)
+and ``final.pt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ur4rec.config import Config
+from ur4rec.data.dataset import PreparedData, load_prepared
+from ur4rec.errors import UR4RecError
+from ur4rec.training.seeding import seed_everything
+
+
+@dataclass
+class Workspace:
+    """Everything a run needs, built once from a config."""
+
+    cfg: Config
+    data: PreparedData
+    texts: Any  # ur4rec.texts.TextEmbeddings
+    model: torch.nn.Module
+    text_fingerprint: str
+
+
+def embeddings_fingerprint(user: torch.Tensor, item: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (user, item):
+        h.update(t.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def build_workspace(cfg: Config) -> Workspace:
+    from ur4rec.models.factory import build_model
+    from ur4rec.texts import load_text_embeddings
+
+    data = load_prepared(cfg)
+    texts = load_text_embeddings(cfg, data)
+    seed_everything(cfg.seed, "init")
+    model = build_model(cfg, data.num_users, data.num_items, texts.user, texts.item)
+    return Workspace(cfg, data, texts, model, embeddings_fingerprint(texts.user, texts.item))
+
+
+def default_run_dir(cfg: Config) -> Path:
+    return cfg.path("runs_dir") / f"{cfg.profile}-{cfg.hash()}"
+
+
+def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+          on_epoch=None, max_steps: int | None = None, workspace: Workspace | None = None):
+    from ur4rec.training.trainer import JointTrainer
+
+    ws = workspace or build_workspace(cfg)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    trainer = JointTrainer(ws.model, ws.data, cfg, run_dir, text_fingerprint=ws.text_fingerprint,
+                           progress=progress, on_epoch=on_epoch)
+    return trainer.fit(resume=resume, max_steps=max_steps), ws
+
+
+def clean_run(run_dir: str | Path, runs_root: Path) -> list[Path]:
+    """Delete a run's checkpoints (``*.pt``), only inside the runs directory."""
+    run_dir = Path(run_dir).resolve()
+    root = runs_root.resolve()
+    if root not in run_dir.parents:
+        raise UR4RecError(f"Refusing to clean '{run_dir}': it is not inside the runs directory {root}.",
+                          where="--run-dir", fix=f"pass a run folder under {root}")
+    if not run_dir.is_dir():
+        raise UR4RecError(f"Run directory '{run_dir}' does not exist.", where="--run-dir", fix="check the path")
+    removed = sorted(run_dir.glob("*.pt"))
+    for p in removed:
+        p.unlink()
+    return removed
+
