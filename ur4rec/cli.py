@@ -72,12 +72,20 @@ def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.training.run import train
 
     cfg = load_config(args.config, args.overrides)
-    result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json)
+    result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json,
+                      allow_mismatch=args.allow_mismatch)
     payload = result.to_dict()
     lines = [f"{s.stage:<20} epochs {s.epochs:>3}  best valid NDCG@10 {s.best_metric:.4f} (epoch {s.best_epoch})"
              f"{'  early-stopped' if s.stopped_early else ''}  {s.seconds:.1f} s" for s in result.stages]
     lines.append(f"Run: {result.run_dir} ({result.seconds:.1f} s)")
     return 0, payload, "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.evaluation.evaluate import evaluate_run, to_markdown
+
+    results = evaluate_run(args.run_dir, allow_mismatch=args.allow_mismatch)
+    return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
 
 
 def cmd_clean(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
@@ -116,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_train)
     p_train.add_argument("--run-dir", default=None, help="run folder (default: runs/<profile>-<config hash>)")
     p_train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p_train.add_argument("--allow-mismatch", action="store_true",
+                         help="resume from a checkpoint whose fingerprint differs (not recommended)")
     p_train.set_defaults(handler=cmd_train)
+
+    p_eval = sub.add_parser("evaluate", help="full-ranking evaluation of a run against the baselines")
+    p_eval.add_argument("--run-dir", required=True)
+    p_eval.add_argument("--allow-mismatch", action="store_true", help="load a checkpoint despite fingerprint differences")
+    _common(p_eval, config=False)
+    p_eval.set_defaults(handler=cmd_evaluate)
 
     p_clean = sub.add_parser("clean", help="delete a run's checkpoints (only inside the runs directory)")
     _common(p_clean)

@@ -276,7 +276,7 @@ class JointTrainer:
             fh.flush()
 
     # ------------------------------------------------------------------ main loop
-    def fit(self, resume: bool = False, max_steps: int | None = None) -> TrainResult:
+    def fit(self, resume: bool = False, max_steps: int | None = None, allow_mismatch: bool = False) -> TrainResult:
         """Run every stage. ``resume`` continues from ``last.pt``; ``max_steps`` stops early (tests)."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +285,7 @@ class JointTrainer:
         result = TrainResult(str(self.run_dir))
         start_stage, start_epoch, state = 0, 0, {}
         if resume and (self.run_dir / "last.pt").is_file():
-            ck = load_checkpoint(self.run_dir / "last.pt", self.fingerprint)
+            ck = load_checkpoint(self.run_dir / "last.pt", self.fingerprint, allow_mismatch=allow_mismatch)
             self._restore(ck)
             start_stage, start_epoch, state = ck["stage_idx"], ck["epoch"] + 1, ck["stage_state"]
             result.stages = [StageResult(**s) for s in ck["finished"]]
