@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser reports reports-quick test lab bench clean-reports help
+.PHONY: setup browser reports reports-quick test lab bench bench-env clean-reports help
 
 help:
 	@echo "make reports   set up, then run every notebook headless into reports/full/*.html"
@@ -52,8 +52,19 @@ test: setup browser
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b --json || exit 1; done
+# RecBole (peer baseline) lives in its own environment: it needs numpy<2 and setuptools<81.
+BENCH_VENV := .bench-venv
+bench-env: $(BENCH_VENV)/.ur4rec-bench
+$(BENCH_VENV)/.ur4rec-bench: Makefile
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(RECBOLE_SPEC)" "numpy<2" "pandas<3" "setuptools<81" \
+	  colorlog colorama texttable tabulate thop tensorboard ray
+	@touch $@
+
+bench: setup bench-env
+	@for b in bench/scoring.py bench/encoder.py bench/training.py; do \
+	  echo "== $$b"; $(PY) $$b --json || exit 1; done
 
 clean-reports:
 	rm -rf reports/quick reports/full

@@ -85,6 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.evaluation.evaluate import evaluate_run, to_markdown
 
     results = evaluate_run(args.run_dir, allow_mismatch=args.allow_mismatch)
+    results.pop("_per_user")
     return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
 
 

@@ -183,24 +183,40 @@ def to_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False) -> dict[str, Any]:
-    """Evaluate a finished run (its ``final.pt``) and write ``eval.json`` and ``eval.md`` into it."""
+def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False, workspace: Any = None) -> dict[str, Any]:
+    """Evaluate a finished run (its ``final.pt``) and write ``eval.json`` and ``eval.md`` into it.
+
+    The returned dict also holds ``_per_user`` (EvalResult per (split, model)) for notebooks.
+    """
     from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint
     from ur4rec.training.run import build_workspace
 
     run_dir = Path(run_dir)
     cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    ws = build_workspace(cfg)
+    ws = workspace or build_workspace(cfg)
     expected = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
     ck = load_checkpoint(run_dir / "final.pt", expected, allow_mismatch=allow_mismatch)
     ws.model.load_state_dict(ck["model"])
     t0 = time.perf_counter()
     results = evaluate_models(cfg, ws.data, ws.model)
     results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
-    results.pop("_per_user")
-    atomic_write_json(run_dir / "eval.json", results)
-    atomic_write_text(run_dir / "eval.md", to_markdown(results))
+    write_results(run_dir, results)
     return results
 
 
-__all__ = ["MODELS", "breakdowns", "evaluate_models", "evaluate_run", "leaderboard", "known_items_mask"]
+def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
+    """``eval.json`` (without the in-memory per-user arrays) and ``eval.md``, atomically."""
+    public = {k: v for k, v in results.items() if not k.startswith("_")}
+    atomic_write_json(Path(run_dir) / "eval.json", public)
+    atomic_write_text(Path(run_dir) / "eval.md", to_markdown(public))
+
+
+__all__ = ["MODELS", "breakdown_table", "breakdowns", "evaluate_models", "evaluate_run", "leaderboard", "known_items_mask"]
+
+
+def breakdown_table(results: dict[str, Any], data: PreparedData, split: Split = "test",
+                    metric: str = "ndcg@10") -> pd.DataFrame:
+    """``breakdowns`` of every evaluated model, stacked with a ``model`` column."""
+    parts = [breakdowns(res, data, split, metric).assign(model=name)
+             for (s, name), res in results["_per_user"].items() if s == split]
+    return pd.concat(parts, ignore_index=True)

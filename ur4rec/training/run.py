@@ -39,7 +39,7 @@ def embeddings_fingerprint(user: torch.Tensor, item: torch.Tensor) -> str:
 
 
 def build_workspace(cfg: Config) -> Workspace:
-    from ur4rec.models.factory import build_model
+    from ur4rec.models.build import build_model
     from ur4rec.texts import load_text_embeddings
 
     data = load_prepared(cfg)

@@ -210,19 +210,28 @@ class JointTrainer:
                                      fix="run `ur4rec doctor --run-dir` on this run; lower the learning rate; "
                                          "or set on_nonfinite: skip to skip (counted) such steps")
 
-    def _epoch(self, stage: str, stage_idx: int, epoch: int, scheds: list, global_step: int) -> tuple[dict, int]:
+    def _set_lr(self, step: int, total: int) -> None:
+        """Linear warmup then cosine decay, from the stage's step (so a resumed run agrees)."""
+        factor = warmup_cosine(total, self.cfg.warmup_ratio)(step)
+        for opt, base in ((self.sasrec_opt, self.cfg.sasrec_lr), (self.retriever_opt, self.cfg.retriever_lr)):
+            for grp in opt.param_groups:
+                grp["lr"] = base * factor
+
+    def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int) -> tuple[dict, int]:
         cfg = self.cfg
         seed_everything(cfg.seed, "epoch", stage_idx, epoch)
         g = generator(cfg.seed, "sampler", stage_idx, epoch)
         order = torch.randperm(len(self.inputs), generator=g)
         self.model.train()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
         n_batches = 0
         alt_state = {"branch": "sasrec", "steps": 0, "best": None, "stale": 0}
         bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"{stage} e{epoch}", leave=False,
                    disable=not self.progress)
         grad_norms = []
         for start in bar:
+            self._set_lr(global_step, total_steps)
             idx = order[start:start + cfg.batch_size]
             seq, tgt, users = self.inputs[idx], self.targets[idx], self.window_users[idx]
             losses, opts = self._step_losses(stage, global_step, users, seq, tgt, g, alt_state)
@@ -248,18 +257,17 @@ class JointTrainer:
                     grad_norms.append(float(norm))
                     for o in opts:
                         o.step()
-            for s in scheds:
-                s.step()
             global_step += 1
             n_batches += 1
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+                counts[k] = counts.get(k, 0) + 1
             if stage == "joint_finetune":
                 self._switch(alt_state, float(total.detach()))
-            bar.set_postfix({k: f"{v / n_batches:.4f}" for k, v in sums.items()}
+            bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items()}
                             | {"lr_s": f"{self.sasrec_opt.param_groups[0]['lr']:.2e}",
                                "lr_r": f"{self.retriever_opt.param_groups[0]['lr']:.2e}"})
-        record = {f"loss_{k}": v / max(1, n_batches) for k, v in sums.items()}
+        record = {f"loss_{k}": v / counts[k] for k, v in sums.items()}
         record["grad_norm_mean"] = sum(grad_norms) / len(grad_norms) if grad_norms else None
         return record, global_step
 
@@ -299,14 +307,7 @@ class JointTrainer:
             self._set_trainable(stage)
             n_batches = math.ceil(len(self.inputs) / cfg.batch_size)
             total = n_batches * cfg.epochs_per_stage
-            scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup_cosine(total, cfg.warmup_ratio))
-                      for o in (self.sasrec_opt, self.retriever_opt)]
-            for o in (self.sasrec_opt, self.retriever_opt):  # fresh lrs per stage
-                for grp in o.param_groups:
-                    grp["lr"] = grp["initial_lr"] * warmup_cosine(total, cfg.warmup_ratio)(0)
             if stage_idx == start_stage and state:
-                for s, sd in zip(scheds, state["scheds"]):
-                    s.load_state_dict(sd)
                 best, best_epoch, bad_epochs, stage_t = state["best"], state["best_epoch"], state["bad"], state["t"]
                 epoch0 = start_epoch
             else:
@@ -315,7 +316,7 @@ class JointTrainer:
             stopped = False
             for epoch in range(epoch0, cfg.epochs_per_stage):
                 te = time.perf_counter()
-                record, step = self._epoch(stage, stage_idx, epoch, scheds, step)
+                record, step = self._epoch(stage, stage_idx, epoch, total, step)
                 metric = self.evaluate(self.model, stage)
                 seconds = time.perf_counter() - te
                 stage_t += seconds
@@ -334,7 +335,7 @@ class JointTrainer:
                     bad_epochs += 1
                 stopped = bad_epochs >= cfg.patience
                 last_epoch = cfg.epochs_per_stage - 1 if stopped else epoch
-                stage_state = {"scheds": [s.state_dict() for s in scheds], "best": best, "best_epoch": best_epoch,
+                stage_state = {"best": best, "best_epoch": best_epoch,
                                "bad": bad_epochs, "t": stage_t}
                 save_checkpoint(self.run_dir / "last.pt", self._payload(
                     stage_idx=stage_idx, epoch=last_epoch, stage_state=stage_state,

@@ -1,0 +1,8 @@
+"""Models: SASRec, the MoE text-preference retriever, and their fusion (original public names)."""
+
+from ur4rec.models.build import build_model
+from ur4rec.models.moe_retriever import TextPreferenceRetrieverMoE
+from ur4rec.models.sasrec import SASRec
+from ur4rec.models.ur4rec_v2 import UR4RecV2MoE
+
+__all__ = ["SASRec", "TextPreferenceRetrieverMoE", "UR4RecV2MoE", "build_model"]

@@ -1,0 +1,121 @@
+"""``UR4RecV2MoE``: SASRec and the MoE text-preference retriever, fused.
+
+Score scales. SASRec's dot products and the retriever's temperature-scaled cosines live on
+different scales (the original's fused scores spanned -125..186, so the larger branch decided
+alone). Before mixing, each branch's scores are **divided by that branch's typical within-user
+spread**: the standard deviation of a user's candidate scores around the user's mean, averaged
+over users, tracked as a running average during training (``ScoreScale``, buffers saved in
+checkpoints). Both branches then vary by about 1 within a user, so the fusion weights mean what
+they say. A per-user shift would not change any ranking, so none is applied; and because the scale
+is a fixed pair of numbers at evaluation, a candidate's fused score does not depend on which other
+candidates are scored: ``forward`` on candidates equals the matching columns of
+``full_sort_predict``.
+
+Fusion methods (``fusion_method``): ``weighted`` — fixed ``sasrec_weight``/``retriever_weight``;
+``learned`` — two learnable logits, softmaxed; ``adaptive`` — per-user weights from an MLP over
+both branches' user representations.
+
+A user with no history (an all-padding sequence) has no SASRec signal: their SASRec weight is set
+to 0, so the retriever alone scores them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ur4rec.models.moe_retriever import TextPreferenceRetrieverMoE
+from ur4rec.models.sasrec import SASRec
+
+FUSION_METHODS = ("weighted", "learned", "adaptive")
+
+
+class ScoreScale(nn.Module):
+    """Running within-user score spread of each branch (SASRec, retriever); see the module doc."""
+
+    def __init__(self, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("spread", torch.ones(2))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def observe(self, sasrec_scores: torch.Tensor, retriever_scores: torch.Tensor) -> None:
+        if sasrec_scores.shape[-1] < 2:
+            return  # one candidate: no within-user spread to measure
+        batch = torch.stack([s.std(dim=-1).mean() for s in (sasrec_scores, retriever_scores)]).clamp(min=1e-6)
+        m = 1.0 if int(self.updates) == 0 else self.momentum
+        self.spread.mul_(1 - m).add_(m * batch)
+        self.updates += 1
+
+    def forward(self, sasrec_scores: torch.Tensor, retriever_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
+            self.observe(sasrec_scores.detach(), retriever_scores.detach())
+        return sasrec_scores / self.spread[0], retriever_scores / self.spread[1]
+
+
+class UR4RecV2MoE(nn.Module):
+    def __init__(self, sasrec: SASRec, retriever: TextPreferenceRetrieverMoE, fusion_method: str = "weighted",
+                 sasrec_weight: float = 0.5, retriever_weight: float = 0.5) -> None:
+        super().__init__()
+        if fusion_method not in FUSION_METHODS:
+            raise ValueError(f"fusion_method must be one of {FUSION_METHODS}, got {fusion_method!r}")
+        self.sasrec, self.retriever, self.fusion_method = sasrec, retriever, fusion_method
+        self.scale = ScoreScale()
+        self.register_buffer("fixed_weights", torch.tensor([sasrec_weight, retriever_weight], dtype=torch.float32))
+        self.fusion_logits = nn.Parameter(torch.zeros(2)) if fusion_method == "learned" else None
+        self.adaptive = None
+        if fusion_method == "adaptive":
+            h, d = sasrec.hidden_dim, retriever.dim
+            self.adaptive = nn.Sequential(nn.Linear(h + d, d), nn.GELU(), nn.Linear(d, 2))
+
+    # parameter groups for the trainer's two optimizers (together: every parameter exactly once)
+    def sasrec_parameters(self) -> Iterator[nn.Parameter]:
+        return self.sasrec.parameters()
+
+    def retriever_parameters(self) -> Iterator[nn.Parameter]:
+        return self.retriever.parameters()
+
+    def fusion_parameters(self) -> Iterator[nn.Parameter]:
+        if self.fusion_logits is not None:
+            yield self.fusion_logits
+        if self.adaptive is not None:
+            yield from self.adaptive.parameters()
+
+    def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor, sasrec_user: torch.Tensor) -> torch.Tensor:
+        """[B, 2] weights (SASRec, retriever); SASRec's is 0 for users without history."""
+        b = len(user_ids)
+        if self.fusion_method == "weighted":
+            w = self.fixed_weights.expand(b, 2)
+        elif self.fusion_method == "learned":
+            w = torch.softmax(self.fusion_logits, dim=0).expand(b, 2)
+        else:
+            retr_user, _ = self.retriever.user_representation(user_ids)
+            w = torch.softmax(self.adaptive(torch.cat([sasrec_user, retr_user], dim=-1)), dim=-1)
+        no_history = (input_seq != 0).sum(dim=1) == 0
+        return torch.where(no_history.unsqueeze(1), torch.tensor([0.0, 1.0]), w)
+
+    def forward(self, user_ids: torch.Tensor, input_seq: torch.Tensor, candidate_items: torch.Tensor,
+                return_components: bool = True, user_memory_update: bool = False) -> dict[str, torch.Tensor]:
+        sasrec_user = self.sasrec.user_representation(input_seq)
+        sasrec_scores = (self.sasrec.item_embedding(candidate_items) * sasrec_user.unsqueeze(1)).sum(-1)
+        retr = self.retriever(user_ids, candidate_items, user_memory_update=user_memory_update)
+        w = self.fusion_weights(user_ids, input_seq, sasrec_user)
+        s_sasrec, s_retr = self.scale(sasrec_scores, retr["scores"])
+        scores = w[:, :1] * s_sasrec + w[:, 1:] * s_retr
+        out = {"scores": scores}
+        if return_components:
+            out |= {"sasrec_scores": sasrec_scores, "retriever_scores": retr["scores"],
+                    "routing_weights": retr["routing_weights"], "fusion_weights": w, "memory": retr["memory"]}
+        return out
+
+    @torch.no_grad()
+    def full_sort_predict(self, user_ids: torch.Tensor, input_seq: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
+        """Exact fused scores of the whole catalogue: [B, N+1] (column 0 = -inf)."""
+        sasrec = self.sasrec.full_sort_predict(input_seq)[:, 1:]
+        retr = self.retriever.full_catalogue_scores(user_ids, chunk_size)[:, 1:]
+        w = self.fusion_weights(user_ids, input_seq, self.sasrec.user_representation(input_seq))
+        fused = w[:, :1] * sasrec / self.scale.spread[0] + w[:, 1:] * retr / self.scale.spread[1]
+        return torch.cat([torch.full((len(user_ids), 1), float("-inf")), fused], dim=1)
