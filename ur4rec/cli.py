@@ -89,6 +89,16 @@ def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
 
 
+def cmd_doctor(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.diagnostics.doctor import diagnose
+
+    verdict = diagnose(args.run_dir, args.checkpoint, args.config)
+    table = verdict.table()
+    lines = [f"{'OK ' if r.ok else 'BAD'}  {r.check}: {r.detail}" for r in table.itertuples()]
+    lines.append("Verdict: healthy." if verdict.healthy else "Verdict: problems found (see BAD lines).")
+    return (0 if verdict.healthy else 1), verdict.to_dict(), "\n".join(lines)
+
+
 def cmd_clean(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.training.run import clean_run
 
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--allow-mismatch", action="store_true", help="load a checkpoint despite fingerprint differences")
     _common(p_eval, config=False)
     p_eval.set_defaults(handler=cmd_evaluate)
+
+    p_doc = sub.add_parser("doctor", help="check a run or checkpoint for staleness, bad weights and NaN")
+    p_doc.add_argument("--run-dir", default=None)
+    p_doc.add_argument("--checkpoint", default=None)
+    p_doc.add_argument("--config", "-c", default=None, help="the config to check against (default: the run's)")
+    p_doc.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p_doc.set_defaults(handler=cmd_doctor)
 
     p_clean = sub.add_parser("clean", help="delete a run's checkpoints (only inside the runs directory)")
     _common(p_clean)

@@ -81,3 +81,74 @@ def reproduce_bpr_overflow(margins: tuple[float, ...] = (-200.0, -100.0, -20.0, 
     """(b) BPR as -log(sigmoid(x)) overflows to inf for large negative x; -logsigmoid(x) does not."""
     x = torch.tensor(margins, dtype=torch.float32)
     return {"margin": x.tolist(), "naive": (-torch.log(torch.sigmoid(x))).tolist(), "workbench": (-F.logsigmoid(x)).tolist()}
+
+
+def reproduce_inference_tensor_backward(dim: int = 8) -> dict[str, object]:
+    """(c) Tensors made under torch.inference_mode (as sentence-transformers' encode makes them)
+    used in a graph that needs gradients: "Inference tensors cannot be saved for backward".
+
+    The fix is not a clone per batch but frozen, precomputed embeddings created outside inference
+    mode (``ur4rec.texts`` returns them via numpy), held as buffers.
+    """
+    layer = nn.Linear(dim, dim)
+    with torch.inference_mode():
+        naive_emb = torch.randn(4, dim)  # what an encoder returns under inference_mode
+    naive_error = None
+    try:
+        layer(naive_emb).pow(2).sum().backward()
+    except RuntimeError as exc:
+        naive_error = str(exc).splitlines()[0]
+    fixed_emb = torch.from_numpy(naive_emb.numpy().copy())  # made outside inference mode
+    layer.zero_grad()
+    layer(fixed_emb).pow(2).sum().backward()
+    return {"naive_is_inference": naive_emb.is_inference(), "naive_error": naive_error,
+            "workbench_is_inference": fixed_emb.is_inference(),
+            "workbench_backward_ok": layer.weight.grad is not None and bool(torch.isfinite(layer.weight.grad).all())}
+
+
+def reproduce_stale_checkpoint(tmp_dir: str) -> dict[str, object]:
+    """(e) A checkpoint saved under one config and loaded under another (sasrec_dropout differs).
+
+    Plain ``load_state_dict`` accepts it silently (dropout has no weights), so the original could
+    only guess "stale checkpoint"; the workbench's fingerprint names the differing key.
+    """
+    from pathlib import Path
+
+    from ur4rec.config import Config
+    from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, run_fingerprint, save_checkpoint
+
+    old, new = Config(sasrec_dropout=0.2), Config(sasrec_dropout=0.0)
+    model = SASRec(20, 16, 1, 2, old.sasrec_dropout, 10)
+    path = Path(tmp_dir) / "stale.pt"
+    save_checkpoint(path, {"model": model.state_dict(), "fingerprint": run_fingerprint(old, "data", "texts")})
+    fresh = SASRec(20, 16, 1, 2, new.sasrec_dropout, 10)
+    fresh.load_state_dict(torch.load(path, weights_only=False)["model"])  # silently fine
+    try:
+        load_checkpoint(path, run_fingerprint(new, "data", "texts"))
+        return {"naive_loads": True, "workbench_refuses": False, "differences": {}}
+    except CheckpointError as err:
+        return {"naive_loads": True, "workbench_refuses": True, "differences": err.differences, "message": str(err)}
+
+
+def skipped_batch_bias(per_user_metric, history_lengths, max_seq_len: int, batch_size: int = 256) -> dict[str, object]:
+    """(d) What skipping NaN batches does to a metric.
+
+    With the naive attention every user shorter than ``max_seq_len`` gets NaN at evaluation; the
+    original skipped any batch containing a NaN. Returns the mean metric over all users, over the
+    users in batches without NaN (what the original reported), and over users without NaN.
+    """
+    import numpy as np
+
+    m = np.asarray(per_user_metric, dtype=float)
+    nan_user = np.asarray(history_lengths) < max_seq_len
+    keep_batch = np.zeros(len(m), dtype=bool)
+    for start in range(0, len(m), batch_size):
+        if not nan_user[start:start + batch_size].any():
+            keep_batch[start:start + batch_size] = True
+    keep_user = ~nan_user
+    return {
+        "all users": {"users": int(len(m)), "mean": float(m.mean())},
+        f"NaN batches skipped (batch {batch_size})": {"users": int(keep_batch.sum()),
+                                                      "mean": float(m[keep_batch].mean()) if keep_batch.any() else None},
+        "NaN users dropped": {"users": int(keep_user.sum()), "mean": float(m[keep_user].mean()) if keep_user.any() else None},
+    }

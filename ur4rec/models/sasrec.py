@@ -97,6 +97,23 @@ class SASRec(nn.Module):
             x = block(x, mask) * keep
         return self.final_ln(x) * keep
 
+    @torch.no_grad()
+    def attention_maps(self, input_seq: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of every block and head: [B, blocks, heads, L, L] (for plots)."""
+        length = input_seq.shape[1]
+        keep = (input_seq != 0).unsqueeze(-1).float()
+        pos = torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
+        x = (self.item_embedding(input_seq) * self.hidden_dim**0.5 + self.position_embedding(pos)) * keep
+        mask = attention_mask(input_seq)
+        maps = []
+        for block in self.blocks:
+            b, _, h = x.shape
+            q, k, _ = block.qkv(block.ln_attn(x)).view(b, length, 3, block.num_heads, h // block.num_heads).unbind(2)
+            logits = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) / (h // block.num_heads) ** 0.5
+            maps.append(torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1))
+            x = block(x, mask) * keep
+        return torch.stack(maps, dim=1)
+
     def user_representation(self, input_seq: torch.Tensor) -> torch.Tensor:
         """The last position's hidden state: [B, H] (zeros for a user with no history)."""
         return self.forward(input_seq)[:, -1]

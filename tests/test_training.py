@@ -1,0 +1,162 @@
+"""JointTrainer: determinism, resume, stale-checkpoint refusal, NaN guard, stage freezing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ur4rec.data import PreparedData, prepare
+from ur4rec.models import build_model
+from ur4rec.training import JointTrainer, NonFiniteTrainingError
+from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ur4rec.training.run import Workspace, clean_run, embeddings_fingerprint, train
+from ur4rec.training.seeding import seed_everything
+from tests.conftest import synthetic_ml, write_grouplens
+
+SMALL = {"max_seq_len": 8, "sasrec_hidden_dim": 16, "sasrec_num_heads": 2, "retriever_output_dim": 16,
+         "moe_num_heads": 2, "moe_num_proxies": 2, "max_memory_size": 2, "epochs_per_stage": 2, "batch_size": 16,
+         "patience": 2, "rerank_top_r": 10, "min_user_interactions": 5}
+
+
+class RandomTexts:
+    """Frozen text embeddings for tests (the texts pipeline is tested on its own)."""
+
+    source = "random (tests)"
+
+    def __init__(self, users: int, items: int, dim: int = 384) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.user = torch.nn.functional.normalize(torch.randn(users, dim, generator=g), dim=-1)
+        self.item = torch.cat([torch.zeros(1, dim), torch.nn.functional.normalize(torch.randn(items, dim, generator=g), dim=-1)])
+
+
+@pytest.fixture
+def small(tmp_path: Path, tmp_cfg):
+    folder = write_grouplens(tmp_path / "gl", synthetic_ml(n_users=24, n_items=40, per_user=14))
+
+    def make(**overrides):
+        cfg = tmp_cfg(data_path=str(folder), **{**SMALL, **overrides})
+        data = PreparedData.load(prepare(cfg).path)
+        texts = RandomTexts(data.num_users, data.num_items)
+        seed_everything(cfg.seed, "init")
+        model = build_model(cfg, data.num_users, data.num_items, texts.user, texts.item)
+        return Workspace(cfg, data, texts, model, embeddings_fingerprint(texts.user, texts.item))
+
+    return make
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def _strip_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_same_seed_same_history(small, tmp_path: Path) -> None:
+    a = small()
+    train(a.cfg, tmp_path / "a", workspace=a, progress=False)
+    b = small()
+    train(b.cfg, tmp_path / "b", workspace=b, progress=False)
+    assert _strip_time(_history(tmp_path / "a")) == _strip_time(_history(tmp_path / "b"))
+    stages = [r["stage"] for r in _history(tmp_path / "a")]
+    assert stages == [s for s in a.cfg.stages for _ in range(2)]
+    assert (tmp_path / "a" / "final.pt").is_file() and (tmp_path / "a" / "config.yaml").is_file()
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(small, tmp_path: Path) -> None:
+    full = small()
+    train(full.cfg, tmp_path / "full", workspace=full, progress=False)
+    part = small()
+    train(part.cfg, tmp_path / "part", workspace=part, progress=False, max_steps=3)  # "killed" after 3 epochs
+    assert len(_history(tmp_path / "part")) == 3
+    resumed = small()
+    train(resumed.cfg, tmp_path / "part", workspace=resumed, progress=False, resume=True)
+    assert _strip_time(_history(tmp_path / "part")) == _strip_time(_history(tmp_path / "full"))
+    a = torch.load(tmp_path / "full" / "final.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "part" / "final.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_from_another_config_is_refused_with_keys(small, tmp_path: Path) -> None:
+    ws = small()
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    other = small(sasrec_dropout=0.0, sasrec_hidden_dim=32)
+    with pytest.raises(CheckpointError) as err:
+        train(other.cfg, tmp_path / "r", workspace=other, progress=False, resume=True)
+    assert set(err.value.differences) == {"sasrec_dropout", "sasrec_hidden_dim"}
+    assert "sasrec_dropout" in str(err.value) and "--allow-mismatch" in str(err.value)
+
+
+def test_checkpoint_with_nan_is_refused_naming_the_tensor(small, tmp_path: Path) -> None:
+    ws = small()
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    ck["model"]["sasrec.blocks.0.qkv.weight"][0, 0] = float("nan")
+    save_checkpoint(tmp_path / "bad.pt", ck)
+    with pytest.raises(CheckpointError, match="sasrec.blocks.0.qkv.weight"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_truncated_checkpoint_is_a_clear_error(small, tmp_path: Path) -> None:
+    ws = small()
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    raw = (tmp_path / "r" / "last.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_nan_guard_names_stage_step_users_and_module(small, tmp_path: Path) -> None:
+    ws = small(stages=["pretrain_retriever"])
+    with torch.no_grad():
+        ws.model.retriever.user_proj[0].weight[0, 0] = float("nan")  # poison one module
+    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    with pytest.raises(NonFiniteTrainingError) as err:
+        trainer.fit()
+    msg = str(err.value)
+    assert "stage pretrain_retriever" in msg and "epoch 0" in msg and "step 0" in msg and "batch users" in msg
+    assert "retriever.user_proj.0" in msg
+
+
+def test_skip_is_explicit_and_counted(small, tmp_path: Path) -> None:
+    ws = small(stages=["pretrain_retriever"], on_nonfinite="skip", epochs_per_stage=1)
+    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    real_loss, calls = trainer.retriever_loss, []
+
+    def flaky_loss(*args):  # the first two steps give a non-finite loss (each is computed again to locate it)
+        calls.append(1)
+        loss = real_loss(*args)
+        return loss * float("nan") if len(calls) <= 4 else loss
+
+    trainer.retriever_loss = flaky_loss
+    result = trainer.fit()
+    assert result.skipped_steps == 2 and _history(tmp_path / "r")[0]["skipped_steps"] == 2
+
+
+def test_stages_freeze_the_right_parameters(small, tmp_path: Path) -> None:
+    ws = small()
+    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    m = ws.model
+    expect = {"pretrain_sasrec": (True, False), "pretrain_retriever": (False, True),
+              "joint_finetune": (True, True), "end_to_end": (True, True)}
+    for stage, (sas, ret) in expect.items():
+        trainer._set_trainable(stage)
+        assert all(p.requires_grad == sas for p in m.sasrec_parameters()), stage
+        assert all(p.requires_grad == ret for p in m.retriever_parameters()), stage
+    # one pretrain_sasrec epoch leaves the retriever's weights untouched
+    before = {k: v.clone() for k, v in m.retriever.state_dict().items()}
+    train(small(stages=["pretrain_sasrec"], epochs_per_stage=1).cfg, tmp_path / "s", workspace=ws, progress=False)
+    after = m.retriever.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "memory" not in k)
+
+
+def test_clean_only_inside_runs_dir(small, tmp_path: Path) -> None:
+    ws = small()
+    runs = Path(ws.cfg.runs_dir)
+    train(ws.cfg, runs / "r", workspace=ws, progress=False, max_steps=1)
+    assert clean_run(runs / "r", runs) and not list((runs / "r").glob("*.pt"))
+    with pytest.raises(Exception, match="not inside the runs directory"):
+        clean_run(tmp_path, runs)
