@@ -19,7 +19,7 @@ from ur4rec.config import load_config
 from ur4rec.errors import UR4RecError
 
 #: Modules that add their own subcommands with ``register(subparsers, common)``.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["ur4rec.texts.cli"]
 
 Handler = Callable[[argparse.Namespace], tuple[int, dict[str, Any], str]]
 

@@ -138,6 +138,10 @@ class Config(BaseModel):
     #: SASRec loss: "ce" (softmax over the catalogue), "bpr" (-logsigmoid(pos-neg)), "bce".
     loss_type: Literal["ce", "bpr", "bce"] = "ce"
     retriever_loss: Literal["bce", "infonce"] = "bce"
+    #: Negatives for the retriever and fused losses: "uniform" (num_negatives random items),
+    #: "sasrec_topr" (num_negatives drawn from SASRec's current top-R, the items the re-ranker
+    #: actually has to order at evaluation) or "mixed" (num_negatives of each).
+    retriever_negatives: Literal["uniform", "sasrec_topr", "mixed"] = "mixed"
     grad_clip: float = Field(1.0, gt=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     #: What to do with a non-finite loss or gradient: "error" stops and names the module;

@@ -70,8 +70,14 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
-def run_metadata(profile: str, parameters: dict[str, Any]) -> dict[str, Any]:
+def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     cfg = profile_config(profile, parameters.get("config_path"), parameters.get("overrides"))
+    try:
+        from ur4rec.data.prepare import prepare
+
+        dataset_fp = prepare(cfg).fingerprint[:12]
+    except Exception as exc:  # the data notebook will show the real error
+        dataset_fp = f"unavailable ({type(exc).__name__})"
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -90,6 +96,8 @@ def run_metadata(profile: str, parameters: dict[str, Any]) -> dict[str, Any]:
         "config_hash": cfg.hash(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
+        "dataset_fingerprint": dataset_fp,
+        "run_dir": str(run_dir) if run_dir else None,
         "text_source": cfg.text_source,
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -188,7 +196,7 @@ def run_reports(
 
     os.environ.setdefault("PLOTLY_RENDERER", "plotly_mimetype+notebook")
     os.environ["UR4REC_PROFILE"] = profile
-    meta = run_metadata(profile, custom)
+    meta = run_metadata(profile, custom, run_dir)
     cfg.save(out_dir, "config.yaml")
     results: list[NotebookResult] = []
     failed: set[str] = set()
@@ -221,10 +229,7 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
             f"<tr><td>{link}</td><td style='color:{_STATUS_COLOUR.get(r.status, '#000')}'><b>{r.status}</b></td>"
             f"<td>{r.seconds:.1f} s</td><td>{html.escape(r.error or '')}</td></tr>"
         )
-    leaderboard = ""
-    lb_path = out_dir / "leaderboard.html"
-    if lb_path.is_file():
-        leaderboard = "<h2>Leaderboard</h2>" + lb_path.read_text()
+    leaderboard = _leaderboard_html(Path(meta["run_dir"]) / "eval.json") if meta.get("run_dir") else ""
     git = meta["git"]
     facts = [
         ("profile", meta["profile"]),
@@ -232,6 +237,8 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
         ("git commit", f"{git['commit'] or 'unknown'}{' (dirty)' if git['dirty'] else ''}"),
         ("config hash", meta["config_hash"]),
         ("seed", meta["seed"]),
+        ("dataset fingerprint", meta["dataset_fingerprint"]),
+        ("run directory", meta["run_dir"]),
         ("text source", meta["text_source"]),
         ("python / platform", f"{meta['python']} / {meta['platform']}"),
         ("CPU / device", f"{meta['cpu']} ({meta['cpu_count']} cores) / {meta['device']}"),
@@ -257,6 +264,26 @@ pre{{background:#f6f8fa;padding:1em;overflow:auto;max-height:30em}}</style></hea
 """
     atomic_write_json(out_dir / "index.json", {"results": [asdict(r) for r in results], "meta": meta})
     return atomic_write_text(out_dir / "index.html", page)
+
+
+def _leaderboard_html(eval_json: Path) -> str:
+    """The headline table from the run's eval.json: test, full ranking, with 95% CIs."""
+    if not eval_json.is_file():
+        return ""
+    import json
+
+    results = json.loads(eval_json.read_text())
+    entries = results.get("full", {}).get("test", {})
+    metrics = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+    rows = []
+    for name, e in sorted(entries.items(), key=lambda kv: -kv[1]["metrics"]["ndcg@10"]):
+        cells = "".join(f"<td>{e['metrics'][m]:.4f} <small>[{e['ci95'][m][0]:.4f}, {e['ci95'][m][1]:.4f}]</small></td>"
+                        for m in metrics)
+        rows.append(f"<tr><td><b>{html.escape(name)}</b></td>{cells}</tr>")
+    head = "".join(f"<th>{m} [95% CI]</th>" for m in metrics)
+    return (f"<h2>Leaderboard — test, full ranking ({results.get('users_evaluated')} users)</h2>"
+            f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+            f"<p><small>{html.escape(results.get('protocol', {}).get('full', ''))}</small></p>")
 
 
 def summarise(results: list[NotebookResult]) -> dict[str, Any]:

@@ -27,3 +27,18 @@ def sample_negatives(
             return out
         out[clash] = torch.randint(1, num_items + 1, (int(clash.sum()),), generator=generator)
     raise RuntimeError("negative sampling did not converge: some user has interacted with almost every item")
+
+
+@torch.no_grad()
+def sample_topr_negatives(
+    scores: torch.Tensor, users: torch.Tensor, positives: torch.Tensor, n: int, known: torch.Tensor, top_r: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """``n`` negatives per row drawn uniformly from the top-R of ``scores`` [B, N+1] (SASRec's
+    catalogue scores), never padding, a known item or the row's positive: [B, n]."""
+    s = scores.clone()
+    s[known[users]] = float("-inf")
+    s.scatter_(1, positives.view(-1, 1), float("-inf"))
+    top = torch.topk(s, min(top_r, s.shape[1] - 1), dim=1).indices
+    pick = torch.randint(0, top.shape[1], (len(users), n), generator=generator)
+    return top.gather(1, pick)

@@ -37,7 +37,7 @@ from ur4rec.data.dataset import PreparedData
 from ur4rec.diagnostics.hooks import find_first_nonfinite
 from ur4rec.errors import UR4RecError
 from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
-from ur4rec.training.sampling import known_matrix, sample_negatives
+from ur4rec.training.sampling import known_matrix, sample_negatives, sample_topr_negatives
 from ur4rec.training.seeding import generator, seed_everything
 
 VALID_METRIC = "ndcg@10"
@@ -124,18 +124,34 @@ class JointTrainer:
             neg = sample_negatives(users, tgt.shape[1], self.known, g).view_as(tgt)
         return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg)
 
-    def retriever_loss(self, users: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        # one positive per user per batch (its window's latest target) keeps the per-pair cost bounded
+    def candidates(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """[positive, negatives...] per window for the per-pair losses.
+
+        The positive is the window's latest target (one per window keeps the per-pair cost
+        bounded). The input is the window without that target, so SASRec's top-R (for
+        ``sasrec_topr`` negatives) is what the re-ranker would see for this prediction.
+        """
         pos = tgt[:, -1:]
-        neg = sample_negatives(users, self.cfg.num_negatives, self.known, g)
-        cands = torch.cat([pos, neg], dim=1)
-        scores = self.model.retriever(users, cands)["scores"]
+        parts = [pos]
+        kind = self.cfg.retriever_negatives
+        if kind in ("uniform", "mixed"):
+            parts.append(sample_negatives(users, self.cfg.num_negatives, self.known, g))
+        if kind in ("sasrec_topr", "mixed"):
+            with torch.no_grad():
+                was_training = self.model.sasrec.training
+                self.model.sasrec.eval()
+                scores = self.model.sasrec.full_sort_predict(seq)
+                self.model.sasrec.train(was_training)
+            parts.append(sample_topr_negatives(scores, users, pos, self.cfg.num_negatives, self.known,
+                                               self.cfg.rerank_top_r, g))
+        return torch.cat(parts, dim=1)
+
+    def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        scores = self.model.retriever(users, self.candidates(users, seq, tgt, g))["scores"]
         return self._candidate_loss(scores)
 
     def fused_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        pos = tgt[:, -1:]
-        neg = sample_negatives(users, self.cfg.num_negatives, self.known, g)
-        scores = self.model(users, seq, torch.cat([pos, neg], dim=1))["scores"]
+        scores = self.model(users, seq, self.candidates(users, seq, tgt, g))["scores"]
         return self._candidate_loss(scores)
 
     def _candidate_loss(self, scores: torch.Tensor) -> torch.Tensor:
@@ -167,13 +183,13 @@ class JointTrainer:
         if stage == "pretrain_sasrec":
             return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
         if stage == "pretrain_retriever":
-            return {"retriever": self.retriever_loss(users, tgt, g)}, [self.retriever_opt]
+            return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
         if stage == "joint_finetune":
             branch = alt_state["branch"]
             if branch == "sasrec":
                 return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
-            return {"retriever": self.retriever_loss(users, tgt, g)}, [self.retriever_opt]
-        losses = {"sasrec": self.sasrec_loss(seq, tgt, users, g), "retriever": self.retriever_loss(users, tgt, g),
+            return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
+        losses = {"sasrec": self.sasrec_loss(seq, tgt, users, g), "retriever": self.retriever_loss(users, seq, tgt, g),
                   "fused": self.fused_loss(users, seq, tgt, g)}
         return losses, [self.sasrec_opt, self.retriever_opt]
 
