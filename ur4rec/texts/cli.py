@@ -1,0 +1,42 @@
+"""``ur4rec texts``: generate (or load) preference texts and their embeddings."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ur4rec.texts.pipeline import ORIGIN_LABEL
+
+
+def cmd_texts(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    from ur4rec.config import load_config
+    from ur4rec.data import load_prepared
+    from ur4rec.texts.pipeline import build_texts
+
+    cfg = load_config(args.config, args.overrides)
+    data = load_prepared(cfg)
+    res = build_texts(cfg, data, limit=args.limit, progress=not args.json)
+    payload = res.to_dict()
+    cov, fb = payload["coverage"], payload["fallback"]
+    lines = [
+        f"Source: {payload['source']} ({payload['model']}) - {ORIGIN_LABEL.get(payload['origin'], payload['origin'])}.",
+        (f"Texts: {payload['users']} users, {payload['items']} items ({payload['new_texts']} new); from the source: "
+        f"{cov['users']} users, {cov['items']} items; template fallback: {fb['users']} users, {fb['items']} items."),
+        (f"Embeddings: {payload['encoder']} ({payload['encoder_origin']}), {payload['dim']}-d, "
+        f"{payload['new_embeddings']} newly encoded."),
+    ]
+    if "tokens" in payload["stats"]:
+        tok = payload["stats"]["tokens"]
+        lines.append(f"Tokens: {tok['prompt']} prompt + {tok['completion']} completion = {tok['total']}.")
+    if not payload["complete"]:
+        lines.append("Partial build (--limit): assembled embedding matrices are written only for a complete build.")
+    lines.append(f"Folder: {payload['paths']['folder']} ({payload['seconds']:.1f} s)")
+    return 0, payload, "\n".join(lines)
+
+
+def register(subparsers, common) -> None:
+    p = subparsers.add_parser("texts", help="generate preference texts and sentence embeddings (cached, resumable)")
+    common(p)
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="only the first N users and N items (try an LLM source cheaply)")
+    p.set_defaults(handler=cmd_texts)

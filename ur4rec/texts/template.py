@@ -1,0 +1,95 @@
+"""Template texts: offline, deterministic, built from the prepared data alone.
+
+These are *template* texts, not LLM output: every record says ``origin: "template"``. A user's text
+uses only that user's training prefix; an item's text uses its metadata and training-split statistics.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import pandas as pd
+
+from ur4rec.data.dataset import PreparedData
+from ur4rec.io import sha256_json
+from ur4rec.texts.base import Kind, OnResult, PreferenceTextSource
+from ur4rec.texts.prompts import TrainingView
+
+TEMPLATE_VERSION = "ur4rec-template-v2"
+TOP_GENRES = 3
+TOP_DECADES = 2
+TOP_TITLES = 3
+
+
+def _title(title: str, year) -> str:
+    return f"{title} ({int(year)})" if year is not None and not pd.isna(year) else str(title)
+
+
+def user_text(view: TrainingView, user: int) -> str:
+    rows = view.user_rows(user)
+    if len(rows) == 0:
+        return "Viewer profile (template): no training history."
+    genres = Counter(g for gs in rows["genres"] for g in str(gs).split("|") if g)
+    top_g = sorted(genres.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_GENRES]
+    decades = Counter(int(y) // 10 * 10 for y in rows["year"] if y is not None and not pd.isna(y))
+    top_d = sorted(decades.items(), key=lambda kv: (-kv[1], -kv[0]))[:TOP_DECADES]
+    # best rated first; among equal ratings the most recent first
+    best = rows.sort_values(["rating", "position"], ascending=[False, False], kind="stable").head(TOP_TITLES)
+    parts = [f"Viewer profile (template), {len(rows)} films."]
+    if top_g:
+        parts.append("Top genres: " + ", ".join(f"{g} {n}" for g, n in top_g) + ".")
+    if top_d:
+        parts.append("Decades: " + ", ".join(f"{d}s {n}" for d, n in top_d) + ".")
+    parts.append("Best rated: " + "; ".join(_title(t, y) for t, y in zip(best["title"], best["year"])) + ".")
+    return " ".join(parts)
+
+
+def item_text(view: TrainingView, item: int) -> str:
+    meta = view.item_meta.loc[int(item)]
+    stats = view.item_stats.loc[int(item)]
+    genres = str(meta["genres"]).replace("|", ", ") or "unknown"
+    year = "unknown" if pd.isna(meta["year"]) else str(int(meta["year"]))
+    text = f"Film (template): {meta['title']}, {year}. Genres: {genres}."
+    n = int(stats["count"])
+    if n:
+        text += f" {n} training ratings, mean {float(stats['mean_rating']):.1f}/5."
+    else:
+        text += " No training ratings."
+    return text
+
+
+def template_texts(data: PreparedData, kind: Kind, ids: Sequence[int] | None = None,
+                   view: TrainingView | None = None) -> list[str]:
+    """Template texts for ``ids`` (default: every user 0..U-1, or every item 1..N)."""
+    view = view or TrainingView(data)
+    if ids is None:
+        ids = range(data.num_users) if kind == "user" else range(1, data.num_items + 1)
+    fn = user_text if kind == "user" else item_text
+    return [fn(view, i) for i in ids]
+
+
+class TemplateSource(PreferenceTextSource):
+    name = "template"
+    model = "template"
+    origin = "template"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._views: dict[int, TrainingView] = {}
+
+    def prompt_hash(self) -> str:
+        return sha256_json({"version": TEMPLATE_VERSION, "genres": TOP_GENRES, "decades": TOP_DECADES,
+                            "titles": TOP_TITLES})[:16]
+
+    def view(self, data: PreparedData) -> TrainingView:
+        if id(data) not in self._views:
+            self._views[id(data)] = TrainingView(data)
+        return self._views[id(data)]
+
+    def generate(self, data: PreparedData, kind: Kind, ids: Sequence[int], on_result: OnResult,
+                 progress: bool = True) -> None:
+        view = self.view(data)
+        fn = user_text if kind == "user" else item_text
+        for i in ids:
+            on_result(int(i), fn(view, i), {})
