@@ -34,9 +34,16 @@ def cmd_texts(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     return 0, payload, "\n".join(lines)
 
 
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--limit must be a positive integer, got {value}")
+    return n
+
+
 def register(subparsers, common) -> None:
     p = subparsers.add_parser("texts", help="generate preference texts and sentence embeddings (cached, resumable)")
     common(p)
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--limit", type=_positive_int, default=None, metavar="N",
                    help="only the first N users and N items (try an LLM source cheaply)")
     p.set_defaults(handler=cmd_texts)

@@ -166,6 +166,7 @@ class OpenAISource(PreferenceTextSource):
         from tqdm.auto import tqdm
 
         stop = threading.Event()  # after a failure, queued work is dropped, not sent
+        results_lock = threading.Lock()  # on_result appends to the cache and counts: one writer at a time
 
         def work(i: int) -> None:
             if stop.is_set():
@@ -179,7 +180,8 @@ class OpenAISource(PreferenceTextSource):
             extra = {"prompt_sha": messages_digest(messages)}
             if usage:
                 extra["usage"] = usage
-            on_result(int(i), text, extra)
+            with results_lock:
+                on_result(int(i), text, extra)
 
         bar = tqdm(total=len(ids), desc=f"{kind} texts ({self.model})", unit="text", disable=not progress)
         pool = ThreadPoolExecutor(max_workers=self.cfg.llm_concurrency, thread_name_prefix="ur4rec-llm")
