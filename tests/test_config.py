@@ -59,6 +59,7 @@ def test_original_flat_keys_load_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "original.yaml"
     path.write_text(ORIGINAL_FLAT_CONFIG)
     cfg = load_config(path)
+    assert load_config(CONFIG_DIR / "original_512d.yaml").to_dict() == cfg.to_dict()  # the shipped copy
     assert cfg.retriever_output_dim == 512 and cfg.moe_num_proxies == 8 and cfg.num_negatives == 5
     assert cfg.num_items == 1682 and cfg.use_uncertainty_weighting is True
 

@@ -160,3 +160,18 @@ def test_clean_only_inside_runs_dir(small, tmp_path: Path) -> None:
     assert clean_run(runs / "r", runs) and not list((runs / "r").glob("*.pt"))
     with pytest.raises(Exception, match="not inside the runs directory"):
         clean_run(tmp_path, runs)
+
+
+def test_original_flat_config_trains_unchanged(small, tmp_path: Path) -> None:
+    """The original system's config file (512-d retriever, uncertainty weighting, adaptive
+    alternation, BPR-era num_negatives) trains as is; only the tiny test data and one epoch differ."""
+    import yaml
+
+    from ur4rec.config import CONFIG_DIR
+
+    original = yaml.safe_load((CONFIG_DIR / "original_512d.yaml").read_text())
+    original.pop("num_items")  # 1682 is ML-100K's catalogue; the test data is smaller
+    ws = small(**{**original, "epochs_per_stage": 1, "adaptive_min_steps": 2, "rerank_top_r": 10})
+    result, _ = train(ws.cfg, tmp_path / "orig", workspace=ws, progress=False)
+    assert [s.stage for s in result.stages] == original["stages"]
+    assert all(s.best_metric >= 0 for s in result.stages)

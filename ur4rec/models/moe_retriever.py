@@ -128,7 +128,9 @@ class TextPreferenceRetrieverMoE(nn.Module):
         user, mem_stats = self.user_representation(user_ids, user_memory_update)
         user_attn = self._single_token_attention(0, user).unsqueeze(1)
         router_user = (user @ self.router[0].weight[:, self.dim:2 * self.dim].T).unsqueeze(1)
-        items = self.item_parts(candidate_items)
+        # item parts once per distinct item, then gathered for every pair that uses it
+        uniq, inverse = torch.unique(candidate_items, return_inverse=True)
+        items = {k: v[inverse] for k, v in self.item_parts(uniq).items()}
         scores, weights = self._pairs(user.unsqueeze(1), items, user_attn, router_user)
         return {"scores": scores, "routing_weights": weights, "memory": mem_stats}
 
