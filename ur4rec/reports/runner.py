@@ -53,6 +53,18 @@ class NotebookResult:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+def ancestors(name: str) -> set[str]:
+    """Every notebook ``name`` depends on, directly or through others (even ones not present)."""
+    seen: set[str] = set()
+    todo = list(DEPENDS.get(name, []))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(DEPENDS.get(dep, []))
+    return seen
+
+
 def discover_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in notebook_dir.glob("[0-9][0-9]*_*.ipynb"))
 
@@ -201,8 +213,7 @@ def run_reports(
     results: list[NotebookResult] = []
     failed: set[str] = set()
     for path in notebooks:
-        deps = DEPENDS.get(path.stem, [])
-        blocked = [d for d in deps if d in failed]
+        blocked = sorted(ancestors(path.stem) & failed)
         if blocked:
             results.append(NotebookResult(path.stem, "skipped", 0.0, None, None, f"depends on failed {blocked}"))
             failed.add(path.stem)
