@@ -61,19 +61,69 @@ def test_unknown_notebook_name_is_a_clear_error(capsys) -> None:
     assert "No notebook named" in capsys.readouterr().err
 
 
-def test_data_prep_report_renders_offline_in_chromium(tmp_path: Path) -> None:
-    results, index = run_reports("quick", only=["01_data_prep"], reports_dir=tmp_path / "reports",
-                                 runs_dir=tmp_path / "runs")
-    assert [r.status for r in results] == ["ok"], results[0].error
-    html = index.parent / "01_data_prep.html"
-    text = html.read_text()
-    external = re.findall(r'<script[^>]*src="(https?://[^"]*)"', text)
-    assert not [src for src in external if "plot" in src], external  # plotly.js is embedded, not fetched
-    dom = rendered_dom(html)
-    # Each plotly chart becomes a div.js-plotly-plot holding rendered <svg class="main-svg">.
-    assert len(re.findall(r'class="[^"]*\bjs-plotly-plot\b', dom)) >= 5, "charts did not render"
-    assert len(re.findall(r'<svg[^>]*class="main-svg"', dom)) >= 5
-    png = screenshot(html, index.parent / "01_data_prep.png")
-    assert png.stat().st_size > 20_000  # a blank page compresses to a few KB
+def test_custom_parameters_file_reaches_every_notebook(tmp_path: Path) -> None:
+    """`ur4rec reports -f my_params.yaml`: values for every notebook, and per-notebook values."""
+    nbdir = tmp_path / "notebooks"
+    nbdir.mkdir()
+    for name in ("01_data_prep", "03_training"):
+        nb = _notebook(nbdir / f"{name}.ipynb", "print(f'epochs={epochs} note={note}')")
+        book = nbformat.read(nb, 4)
+        book.cells[0].source += "\nepochs = 1\nnote = 'default'"
+        nbformat.write(book, nb)
+    params = tmp_path / "my_params.yaml"
+    params.write_text("epochs: 7\n03_training:\n  note: per-notebook\n")
+    code = main(["reports", "--profile", "quick", "-f", str(params), "--notebook-dir", str(nbdir), "--set",
+                 f"reports_dir={tmp_path / 'r'}", "--set", f"runs_dir={tmp_path / 'runs'}"])
+    assert code == 0
+    out = {n: nbformat.read(tmp_path / "r" / "quick" / f"{n}.ipynb", 4) for n in ("01_data_prep", "03_training")}
+    printed = {n: "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])) for n, nb in out.items()}
+    assert printed == {"01_data_prep": "epochs=7 note=default\n", "03_training": "epochs=7 note=per-notebook\n"}
+
+
+def test_unreadable_parameters_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "p.yaml"
+    bad.write_text("- just\n- a list\n")
+    assert main(["reports", "--profile", "quick", "-f", str(bad)]) == 2
+    assert "must be a mapping" in capsys.readouterr().err
+
+
+def _plotly_outputs(executed: Path) -> int:
+    """How many plotly charts an executed notebook displayed (directly or in an explorer's static view)."""
+    nb = nbformat.read(executed, 4)
+    count = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if "application/vnd.plotly.v1+json" in data:
+                count += 1
+            elif "application/vnd.jupyter.widget-view+json" in data:
+                count += data.get("text/html", "").count("Plotly.newPlot(")
+    return count
+
+
+def test_quick_profile_reports_render_offline_in_chromium(tmp_path: Path) -> None:
+    """Every notebook of the quick profile runs, and each HTML report draws all its charts with the
+    network off: plotly.js embedded, explorers shown as static views (never an empty box)."""
+    results, index = run_reports("quick", reports_dir=tmp_path / "reports", runs_dir=tmp_path / "runs")
+    assert [(r.name, r.status) for r in results] == [(p.stem, "ok") for p in sorted((REPO / "notebooks").glob("*.ipynb"))], \
+        [(r.name, r.error) for r in results if r.status != "ok"]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    for r in results:
+        html = index.parent / r.html
+        text = html.read_text()
+        external = re.findall(r'<script[^>]*src="(https?://[^"]*)"', text)
+        assert not [src for src in external if "plot" in src or "widget" in src], (r.name, external)
+        assert "VBox(children" not in text, f"{r.name}: an explorer exported as a dead widget"
+        expected = _plotly_outputs(index.parent / r.notebook)
+        dom = rendered_dom(html)
+        drawn = len(re.findall(r'<svg[^>]*class="main-svg"', dom))
+        plots = len(re.findall(r'class="[^"]*\bjs-plotly-plot\b', dom))
+        assert plots == expected and drawn >= expected, (r.name, plots, drawn, expected)
+        if r.name in ("02_model_walkthrough", "04_nan_diagnosis", "05_evaluation"):
+            assert "ur4rec-static-explorer" in dom, f"{r.name}: the explorer has no static view"
+        png = screenshot(html, shots / f"{r.name}.png")
+        assert png.stat().st_size > 20_000, f"{r.name}: the screenshot looks blank"
     idx_dom = rendered_dom(index)
-    assert "01_data_prep" in idx_dom and "ok" in idx_dom
+    assert all(r.name in idx_dom for r in results)
+    assert {r["status"] for r in json.loads((index.parent / "index.json").read_text())["results"]} == {"ok"}

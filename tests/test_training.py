@@ -175,3 +175,31 @@ def test_original_flat_config_trains_unchanged(small, tmp_path: Path) -> None:
     result, _ = train(ws.cfg, tmp_path / "orig", workspace=ws, progress=False)
     assert [s.stage for s in result.stages] == original["stages"]
     assert all(s.best_metric >= 0 for s in result.stages)
+
+
+def test_seeds_sweep_reports_mean_and_std_and_reuses_finished_runs(small, tmp_path: Path) -> None:
+    import statistics
+
+    from ur4rec.evaluation.seeds import run_seeds
+
+    base = small(sampled_negatives=10).cfg  # the synthetic catalogue has 40 items
+
+    def factory(c):
+        return small(sampled_negatives=10, seed=c.seed)
+
+    root, logs = tmp_path / "sweep", []
+    summary = run_seeds(base, 2, root, log=logs.append, workspace_factory=factory)
+    per_seed = [json.loads((root / f"seed-{s}" / "eval.json").read_text()) for s in (base.seed, base.seed + 1)]
+    values = [e["full"]["test"]["sasrec"]["metrics"]["ndcg@10"] for e in per_seed]
+    got = summary["full"]["test"]["sasrec"]["ndcg@10"]
+    assert got["values"] == values and values[0] != values[1]  # two seeds, two different runs
+    assert got["mean"] == pytest.approx(statistics.fmean(values))
+    assert got["std"] == pytest.approx(statistics.stdev(values))
+    diffs = [e["full"]["test"]["ur4rec"]["metrics"]["ndcg@10"] - e["full"]["test"]["sasrec"]["metrics"]["ndcg@10"]
+             for e in per_seed]
+    assert summary["fused_minus_sasrec"]["test"]["values"] == pytest.approx(diffs)
+    assert "Fused UR4Rec − SASRec alone" in (root / "seeds.md").read_text()
+    assert json.loads((root / "seeds.json").read_text())["seeds"] == [base.seed, base.seed + 1]
+    logs.clear()
+    run_seeds(base, 2, root, log=logs.append, workspace_factory=factory)
+    assert len(logs) == 2 and all("reusing the finished run" in m for m in logs)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ur4rec.config import load_config
-from ur4rec.errors import UR4RecError
+from ur4rec.errors import ConfigError, UR4RecError
 
 #: Modules that add their own subcommands with ``register(subparsers, common)``.
 COMMAND_MODULES: list[str] = ["ur4rec.texts.cli"]
@@ -84,6 +84,16 @@ def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
 def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.evaluation.evaluate import evaluate_run, to_markdown
 
+    if args.seeds is not None:
+        from ur4rec.evaluation import seeds
+
+        cfg = load_config(args.config, args.overrides)
+        summary = seeds.run_seeds(cfg, args.seeds, args.run_dir, progress=not args.json,
+                                  log=lambda m: print(m, file=sys.stderr))
+        return 0, summary, seeds.to_markdown(summary) + f"\nWritten: {Path(args.run_dir) / 'seeds.json'}, seeds.md"
+    if args.config or args.overrides:
+        raise ConfigError("--config/--set apply only with --seeds: a single run is evaluated with its own config.yaml.",
+                          where="ur4rec evaluate", fix="drop --config/--set, or add --seeds K")
     results = evaluate_run(args.run_dir, allow_mismatch=args.allow_mismatch)
     results.pop("_per_user")
     return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
@@ -140,9 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.set_defaults(handler=cmd_train)
 
     p_eval = sub.add_parser("evaluate", help="full-ranking evaluation of a run against the baselines")
-    p_eval.add_argument("--run-dir", required=True)
+    p_eval.add_argument("--run-dir", required=True,
+                        help="the run to evaluate; with --seeds, the folder that receives seed-<s>/ runs")
     p_eval.add_argument("--allow-mismatch", action="store_true", help="load a checkpoint despite fingerprint differences")
-    _common(p_eval, config=False)
+    p_eval.add_argument("--seeds", type=int, default=None, metavar="K",
+                        help="train and evaluate K seeds (config seed, seed+1, ...) and report mean ± std")
+    _common(p_eval, config=True)
     p_eval.set_defaults(handler=cmd_evaluate)
 
     p_doc = sub.add_parser("doctor", help="check a run or checkpoint for staleness, bad weights and NaN")

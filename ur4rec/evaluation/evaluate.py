@@ -21,6 +21,7 @@ import torch
 from ur4rec.config import Config, config_from_dict, read_yaml
 from ur4rec.data.batching import pad_left
 from ur4rec.data.dataset import PreparedData, Split
+from ur4rec.errors import ConfigError
 from ur4rec.evaluation.baselines import ItemKNN, MostPop
 from ur4rec.evaluation.metrics import metrics_from_ranks, summarise
 from ur4rec.evaluation.protocol import EvalResult, evaluate_full_ranking, known_items_mask
@@ -46,6 +47,11 @@ def sampled_negatives(data: PreparedData, split: Split, n: int, strategy: str, s
         w = weights.clone()
         w[torch.as_tensor(hist[u], dtype=torch.long)] = 0.0
         w[torch.as_tensor(held[u], dtype=torch.long)] = 0.0
+        available = int((w > 0).sum())
+        if available < n:
+            raise ConfigError(f"Cannot draw {n} sampled negatives for user {u} on {split}: only {available} items "
+                              "are neither known nor held out.", where="sampled_negatives",
+                              fix=f"set sampled_negatives to at most {available} for this dataset")
         out[u] = torch.multinomial(w, n, replacement=False, generator=g)
     return out
 

@@ -11,6 +11,7 @@ import torch
 
 from ur4rec.diagnostics.reproductions import NaiveSASRec, attention_nan_matrix, padded_batch
 from ur4rec.models.sasrec import SASRec
+from ur4rec.plots.widgets import LiveExplorer
 
 
 def nan_heatmap(matrix: dict[str, list[bool]], title: str) -> go.Figure:
@@ -43,28 +44,22 @@ def sweep_heatmap(table: pd.DataFrame, row: str, col: str, title: str) -> go.Fig
     return fig
 
 
-def nan_toggle_widget(max_seq_len: int = 10):
-    """Pick a mask strategy and see which users (by history length) get NaN in each mode."""
+def nan_toggle_widget(max_seq_len: int = 10) -> LiveExplorer:
+    """Pick a mask strategy and see which users (by history length) get NaN in each mode (static
+    view: the naive strategy on left-padded histories)."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     strategy = widgets.ToggleButtons(options=["naive nn.MultiheadAttention + key_padding_mask",
                                               "workbench SASRec (diagonal always allowed)"], description="mask")
     padding = widgets.Checkbox(value=True, description="left-padded (short histories)")
-    out = widgets.Output()
 
-    def show(change: Any = None) -> None:
+    def view() -> list[Any]:
         torch.manual_seed(0)
         model = NaiveSASRec(max_seq_len=max_seq_len) if strategy.value.startswith("naive") else \
             SASRec(50, 32, 2, 2, 0.0, max_seq_len)
         seq = padded_batch(max_seq_len)
         if not padding.value:
             seq = torch.arange(1, max_seq_len + 1).repeat(max_seq_len, 1)
-        with out:
-            out.clear_output(wait=True)
-            display(nan_heatmap(attention_nan_matrix(model, seq), strategy.value))
+        return [nan_heatmap(attention_nan_matrix(model, seq), strategy.value)]
 
-    strategy.observe(show, names="value")
-    padding.observe(show, names="value")
-    show()
-    return widgets.VBox([strategy, padding, out])
+    return LiveExplorer([strategy, padding], view, "naive mask, left-padded histories")

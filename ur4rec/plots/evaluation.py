@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import torch
 
 from ur4rec.data.batching import pad_left
+from ur4rec.plots.widgets import LiveExplorer
 
 
 def leaderboard_bars(results: dict[str, Any], split: str = "test", metric: str = "ndcg@10",
@@ -80,24 +81,19 @@ def user_history(ws: Any, user: int, split: str = "test", last: int = 15) -> pd.
     return pd.DataFrame({"item": hist, "title": [titles.get(int(i), i) for i in hist]})
 
 
-def user_explorer(ws: Any, scorers: dict[str, Any], split: str = "test"):
-    """An ipywidgets user picker: history, preference text and each model's top-10 (hit marked)."""
+def user_explorer(ws: Any, scorers: dict[str, Any], split: str = "test", user: int = 0) -> LiveExplorer:
+    """A user picker: history, preference text and each model's top-10 (hit marked); static view of
+    ``user`` in HTML reports."""
     import ipywidgets as widgets
-    from IPython.display import Markdown, display
+    from IPython.display import Markdown
 
-    picker = widgets.BoundedIntText(value=0, min=0, max=ws.data.num_users - 1, description="user")
-    out = widgets.Output()
+    picker = widgets.BoundedIntText(value=user, min=0, max=ws.data.num_users - 1, description="user")
 
-    def show(change: Any = None) -> None:
+    def view() -> list[Any]:
         u = picker.value
-        with out:
-            out.clear_output(wait=True)
-            table = user_top_k(ws, scorers, u, split)
-            display(Markdown(f"**User {u}** — held-out {split} item: **{table.attrs['target']}**\n\n"
-                             f"Preference text ({ws.texts.source}): {ws.texts.user_texts[u]}"))
-            display(user_history(ws, u, split))
-            display(table)
+        table = user_top_k(ws, scorers, u, split)
+        return [Markdown(f"**User {u}** — held-out {split} item: **{table.attrs['target']}**\n\n"
+                         f"Preference text ({ws.texts.source}): {ws.texts.user_texts[u]}"),
+                user_history(ws, u, split), table]
 
-    picker.observe(show, names="value")
-    show()
-    return widgets.VBox([picker, out])
+    return LiveExplorer([picker], view, f"user {user}, {split} split")

@@ -12,6 +12,7 @@ from torch import nn
 
 from ur4rec.data.batching import pad_left
 from ur4rec.models.moe_retriever import EXPERTS
+from ur4rec.plots.widgets import LiveExplorer
 
 
 def parameter_table(model: nn.Module, depth: int = 2) -> pd.DataFrame:
@@ -109,24 +110,18 @@ def user_candidates(ws: Any, user: int, split: str = "valid", n: int = 20) -> tu
     return seq, torch.tensor([[target, *top]])
 
 
-def model_explorer(ws: Any, split: str = "valid"):
-    """ipywidgets user picker that redraws the attention heatmap, routing and score scales."""
+def model_explorer(ws: Any, split: str = "valid", user: int = 0) -> LiveExplorer:
+    """A user picker that redraws the attention heatmap, routing and score scales (static view of
+    ``user`` in HTML reports)."""
     import ipywidgets as widgets
-    from IPython.display import display
 
-    picker = widgets.BoundedIntText(value=0, min=0, max=ws.data.num_users - 1, description="user")
-    out = widgets.Output()
+    picker = widgets.BoundedIntText(value=user, min=0, max=ws.data.num_users - 1, description="user")
 
-    def show(change: Any = None) -> None:
+    def view() -> list[Any]:
         u = picker.value
         seq, cands = user_candidates(ws, u, split)
-        with out:
-            out.clear_output(wait=True)
-            with torch.no_grad():
-                res = ws.model(torch.tensor([u]), seq, cands)
-            display(attention_heatmap(ws.model, ws, u, split))
-            display(routing_chart(res, cands, ws))
+        with torch.no_grad():
+            res = ws.model(torch.tensor([u]), seq, cands)
+        return [attention_heatmap(ws.model, ws, u, split), routing_chart(res, cands, ws)]
 
-    picker.observe(show, names="value")
-    show()
-    return widgets.VBox([picker, out])
+    return LiveExplorer([picker], view, f"user {user}, {split} split")

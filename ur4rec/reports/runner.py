@@ -122,11 +122,16 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
 
 
 def export_html(executed: Path, html_path: Path) -> None:
-    """Convert an executed notebook to standalone HTML (plotly is embedded by its renderer)."""
+    """Convert an executed notebook to standalone HTML (plotly is embedded by its renderer).
+
+    The saved widget state is left out of the HTML: rendering it would need the widget manager's
+    JavaScript from a CDN. Without it nbconvert shows each explorer's static ``text/html`` view
+    (see ``ur4rec.plots.widgets``), which opens offline. The executed notebook keeps the state."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(executed, as_version=4)
+    nb.metadata.pop("widgets", None)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     atomic_write_text(html_path, body)
 

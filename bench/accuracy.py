@@ -1,0 +1,158 @@
+"""Peer comparison: RecBole 1.2.1's SASRec trained on exactly the workbench's split, beside our models.
+
+    python bench/accuracy.py [--json] [--run-dir R | --seeds-dir S] [--epochs N] [--stopping-step K]
+
+1. Export the prepared ML-100K split (default config) as RecBole benchmark atomic files: one
+   training row per target position (history = the previous ≤ 50 items), the validation row (training
+   history → validation item) and the test row (training + validation history → test item).
+2. Train RecBole's SASRec on them in its own environment (``.bench-venv``; bench/recbole_accuracy.py)
+   and dump its catalogue scores for every user's validation and test history.
+3. Rank those scores with the workbench's protocol and metric code (known items excluded, ties
+   against the target, every user), with the same bootstrap CIs, next to our models' numbers from
+   the same code: a run's ``eval.json`` (``--run-dir``) or a seed sweep's ``seeds.json``
+   (``--seeds-dir``, mean ± std). RecBole's own printed test numbers (its protocol does not exclude
+   history items) are kept, labelled, for reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ur4rec.config import load_config  # noqa: E402
+from ur4rec.data import load_prepared  # noqa: E402
+from ur4rec.data.dataset import PreparedData  # noqa: E402
+from ur4rec.evaluation.evaluate import _entry  # noqa: E402
+from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
+from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
+
+DATASET = "ur4rec-ml100k"
+MAX_LEN = 50
+METRICS = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+
+
+def export_split(data: PreparedData, folder: Path) -> dict[str, int]:
+    """RecBole benchmark files of the workbench split (item ids kept as tokens) + histories as JSON."""
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    counts = {}
+    rows = []
+    for user, seq in enumerate(data.train_sequences()):
+        for t in range(1, len(seq)):
+            rows.append(f"{user}\t{' '.join(map(str, seq[max(0, t - MAX_LEN):t]))}\t{seq[t]}\n")
+    counts["train"] = len(rows)
+    (folder / f"{DATASET}.train.inter").write_text(header + "".join(rows))
+    for split in ("valid", "test"):
+        hist, held = data.history(split), data.held_out(split)
+        lines = [f"{u}\t{' '.join(map(str, hist[u][-MAX_LEN:]))}\t{held[u][0]}\n" for u in range(data.num_users)]
+        counts[split] = len(lines)
+        (folder / f"{DATASET}.{split}.inter").write_text(header + "".join(lines))
+        (folder.parent / f"{split}_histories.json").write_text(json.dumps([[int(i) for i in h] for h in hist]))
+    return counts
+
+
+def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: int) -> tuple[dict, dict]:
+    py = venv / "bin" / "python"
+    if not py.exists():
+        raise SystemExit(f"{py} missing: run `make bench-env` first (RecBole needs its own environment)")
+    out = export_root / "recbole_scores.npz"
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="")
+    proc = subprocess.run([str(py), str(ROOT / "bench" / "recbole_accuracy.py"), str(export_root), DATASET, str(out),
+                           str(epochs), str(stopping_step)], capture_output=True, text=True, env=env, cwd="/tmp",
+                          check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"RecBole run failed:\n{proc.stderr[-3000:]}")
+    scores = np.load(out)
+    return json.loads(proc.stdout.strip().splitlines()[-1]), {"valid": scores["valid"], "test": scores["test"]}
+
+
+def ours(run_dir: Path | None, seeds_dir: Path | None) -> tuple[dict, str]:
+    """Our models' numbers, split -> model -> metric -> (mean, std or CI)."""
+    if seeds_dir:
+        s = json.loads((seeds_dir / "seeds.json").read_text())
+        table = {split: {m: {k: (v["mean"], v["std"]) for k, v in metrics.items()} for m, metrics in models.items()}
+                 for split, models in s["full"].items()}
+        return table, f"mean ± std over seeds {s['seeds']} ({seeds_dir})"
+    e = json.loads((run_dir / "eval.json").read_text())
+    table = {split: {m: {k: (v, tuple(entry["ci95"].get(k, (None, None)))) for k, v in entry["metrics"].items()}
+                     for m, entry in models.items()} for split, models in e["full"].items()}
+    return table, f"one run, 95% bootstrap CI ({run_dir})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--run-dir", default=None, help="a workbench run evaluated with `ur4rec evaluate`")
+    ap.add_argument("--seeds-dir", default=None, help="a sweep from `ur4rec evaluate --seeds K`")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--stopping-step", type=int, default=3)
+    ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse RecBole's scores from bench/.cache if they were made on the same split and settings")
+    args = ap.parse_args()
+    cfg = load_config()
+    data = load_prepared(cfg)
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    export_root = ROOT / "bench" / ".cache" / "recbole_accuracy"
+    key = {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step}
+    cached = export_root / "result.json"
+    counts = export_split(data, export_root / DATASET)
+    if args.reuse and cached.is_file() and json.loads(cached.read_text())["key"] == key:
+        info = json.loads(cached.read_text())["info"]
+        scores = dict(np.load(export_root / "recbole_scores.npz"))
+    else:
+        info, scores = recbole_scores(export_root, Path(args.venv), args.epochs, args.stopping_step)
+        atomic_write_json(cached, {"key": key, "info": info})
+    recbole = {}
+    for split in ("valid", "test"):
+        matrix = torch.from_numpy(scores[split])
+        res = evaluate_full_ranking(lambda users, seq, m=matrix: m[users], data, split, cfg.max_seq_len,
+                                    ks=cfg.eval_ks)
+        recbole[split] = _entry(res, cfg.seed)
+    table, ours_source = ours(Path(args.run_dir) if args.run_dir else None,
+                              Path(args.seeds_dir) if args.seeds_dir else None)
+    result = {"benchmark": "test/valid full ranking on the workbench split, workbench metric code",
+              "split_rows": counts, "recbole": info | {"full_ranking": recbole}, "ours_source": ours_source,
+              "ours": table, "seconds": round(time.perf_counter() - t0, 1)}
+    out = ROOT / "bench" / "results"
+    atomic_write_json(out / "accuracy.json", result)
+    md = ["# Accuracy: RecBole 1.2.1 SASRec on the workbench split vs the workbench's models", "",
+          f"Same split ({counts['train']} training rows, {counts['valid']} validation, {counts['test']} test users), "
+          "same protocol and metric code (full ranking, known items excluded, ties against the target). "
+          f"RecBole: {info['epochs_trained']} epochs ({info['train_s']} s), early stopping on its validation "
+          f"NDCG@10 (stopping_step {args.stopping_step}). Ours: {ours_source}.", ""]
+    for split in ("test", "valid"):
+        md += [f"## {split}", "", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        rb = recbole[split]
+        md.append("| RecBole SASRec | " + " | ".join(
+            f"{rb['metrics'][m]:.4f} [{rb['ci95'][m][0]:.4f}, {rb['ci95'][m][1]:.4f}]" for m in METRICS) + " |")
+        for name, metrics in sorted(table.get(split, {}).items(), key=lambda kv: -kv[1]["ndcg@10"][0]):
+            cells = []
+            for m in METRICS:
+                v, spread = metrics[m]
+                cells.append(f"{v:.4f} ± {spread:.4f}" if isinstance(spread, float)
+                             else f"{v:.4f} [{spread[0]:.4f}, {spread[1]:.4f}]")
+            md.append(f"| {name} | " + " | ".join(cells) + " |")
+        md.append("")
+    md.append(f"RecBole's own protocol (history items not excluded), for reference only: "
+              f"{json.dumps(info['test_recbole_protocol'])}.")
+    atomic_write_text(out / "accuracy.md", "\n".join(md) + "\n")
+    print("\n".join(md), file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

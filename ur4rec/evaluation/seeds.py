@@ -1,0 +1,121 @@
+"""``ur4rec evaluate --seeds K``: train and evaluate K seeds, report mean ± std across them.
+
+Seed ``s`` of ``cfg.seed, cfg.seed + 1, …`` trains into ``<root>/seed-<s>/`` and is evaluated there
+(``eval.json``), exactly as a single run would be. A seed whose run already finished with the same
+config (same hash) and has its ``eval.json`` is reused, so an interrupted sweep continues where it
+stopped. The aggregate (``seeds.json``, ``seeds.md`` in ``root``) keeps every per-seed value beside
+the mean and the sample standard deviation, and counts the seeds on which fused UR4Rec beat SASRec.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ur4rec.config import Config, config_from_dict, read_yaml
+from ur4rec.errors import ConfigError
+from ur4rec.io import atomic_write_json, atomic_write_text
+
+SUMMARY_METRICS = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+
+
+def seed_runs(cfg: Config, k: int) -> list[Config]:
+    """The K configs of a sweep: identical but for ``seed``."""
+    if k < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {k}.", where="--seeds", fix="pass e.g. --seeds 3")
+    return [config_from_dict(cfg.to_dict() | {"seed": cfg.seed + i}, f"seed {cfg.seed + i}")
+            for i in range(k)]
+
+
+def _finished(run_dir: Path, cfg: Config) -> bool:
+    if not ((run_dir / "eval.json").is_file() and (run_dir / "final.pt").is_file()):
+        return False
+    saved = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+    return saved.hash() == cfg.hash()
+
+
+def run_seeds(cfg: Config, k: int, root: str | Path, progress: bool = False,
+              log: Callable[[str], None] = print,
+              workspace_factory: Callable[[Config], Any] | None = None) -> dict[str, Any]:
+    """Train + evaluate every seed (reusing finished ones), aggregate, write seeds.json/md.
+
+    ``workspace_factory(cfg)`` builds the data/texts/model for one seed (default: from the config)."""
+    from ur4rec.evaluation.evaluate import evaluate_run
+    from ur4rec.training.run import train
+
+    root = Path(root)
+    per_seed: dict[int, dict[str, Any]] = {}
+    for c in seed_runs(cfg, k):
+        run_dir = root / f"seed-{c.seed}"
+        if _finished(run_dir, c):
+            log(f"seed {c.seed}: reusing the finished run in {run_dir}")
+            per_seed[c.seed] = json.loads((run_dir / "eval.json").read_text())
+            continue
+        log(f"seed {c.seed}: training into {run_dir}")
+        workspace = workspace_factory(c) if workspace_factory else None
+        _, ws = train(c, run_dir=run_dir, resume=(run_dir / "last.pt").is_file(), progress=progress,
+                      workspace=workspace)
+        results = evaluate_run(run_dir, workspace=ws)
+        results.pop("_per_user", None)
+        per_seed[c.seed] = results
+    summary = aggregate(per_seed)
+    summary["config_hashes"] = {s: c.hash() for s, c in zip(per_seed, seed_runs(cfg, k))}
+    atomic_write_json(root / "seeds.json", summary)
+    atomic_write_text(root / "seeds.md", to_markdown(summary))
+    return summary
+
+
+def _mean_std(values: list[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean ± std over seeds of every full-ranking metric, per split and model, and the fused-vs-SASRec
+    difference per seed (with each seed's paired-test p-value and 95% CIs kept alongside)."""
+    seeds = sorted(per_seed)
+    first = per_seed[seeds[0]]
+    out: dict[str, Any] = {"seeds": seeds, "users_evaluated": first["users_evaluated"], "full": {},
+                           "protocol": first["protocol"]["full"], "fused_minus_sasrec": {}, "ci95": {}}
+    for split, models in first["full"].items():
+        out["full"][split], out["ci95"][split] = {}, {}
+        for name, entry in models.items():
+            out["full"][split][name] = {m: _mean_std([per_seed[s]["full"][split][name]["metrics"][m] for s in seeds])
+                                        for m in entry["metrics"]}
+            out["ci95"][split][name] = {s: per_seed[s]["full"][split][name]["ci95"].get("ndcg@10") for s in seeds}
+        if "ur4rec" in models and "sasrec" in models:
+            diffs = [per_seed[s]["full"][split]["ur4rec"]["metrics"]["ndcg@10"]
+                     - per_seed[s]["full"][split]["sasrec"]["metrics"]["ndcg@10"] for s in seeds]
+            p_values = [per_seed[s].get("paired_test", {}).get(split, {}).get("ur4rec_vs_sasrec_ndcg@10", {})
+                        .get("p_value") for s in seeds]
+            out["fused_minus_sasrec"][split] = _mean_std(diffs) | {
+                "metric": "ndcg@10", "seeds_where_fused_wins": sum(d > 0 for d in diffs), "p_values": p_values}
+    return out
+
+
+def to_markdown(summary: dict[str, Any]) -> str:
+    seeds = summary["seeds"]
+    lines = [f"# Evaluation over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
+             f"Full ranking, {summary['users_evaluated']} users per seed; {summary['protocol']}.",
+             "Mean ± sample std over seeds; per-seed values in seeds.json.", ""]
+    for split, models in summary["full"].items():
+        lines += [f"## {split}", "", "| model | " + " | ".join(SUMMARY_METRICS) + " |",
+                  "|---" * (len(SUMMARY_METRICS) + 1) + "|"]
+        order = sorted(models, key=lambda n: -models[n]["ndcg@10"]["mean"])
+        for name in order:
+            cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in SUMMARY_METRICS
+                     if m in models[name]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        d = summary["fused_minus_sasrec"].get(split)
+        if d:
+            verdict = "helps" if d["mean"] > 0 and d["seeds_where_fused_wins"] == len(seeds) else "does not help"
+            sentence = (f"Fused UR4Rec − SASRec alone, NDCG@10: {d['mean']:+.4f} ± {d['std']:.4f} "
+                        f"(fused ahead on {d['seeds_where_fused_wins']} of {len(seeds)} seeds; per-seed paired-test "
+                        f"p = {', '.join(f'{p:.3f}' for p in d['p_values'] if p is not None)}): "
+                        f"the text branch {verdict} on {split}.")
+            lines += ["", sentence]
+        lines.append("")
+    return "\n".join(lines)
