@@ -203,3 +203,17 @@ def test_seeds_sweep_reports_mean_and_std_and_reuses_finished_runs(small, tmp_pa
     logs.clear()
     run_seeds(base, 2, root, log=logs.append, workspace_factory=factory)
     assert len(logs) == 2 and all("reusing the finished run" in m for m in logs)
+
+
+def test_two_stage_equals_exact_ranking_when_top_r_covers_the_catalogue(small) -> None:
+    from ur4rec.evaluation.evaluate import evaluate_models
+
+    ws = small(rerank_top_r=1000, exact_catalogue="always", sampled_negatives=10)
+    ws.model.eval()
+    out = evaluate_models(ws.cfg, ws.data, ws.model)
+    for split in ("valid", "test"):
+        for name in ("ur4rec", "retriever"):
+            cmp = out["two_stage_vs_exact"][split][name]
+            assert cmp["users_with_same_target_rank"] == 1.0, (split, name, cmp)
+            assert out["exact"][split][name]["metrics"] == out["full"][split][name]["metrics"]
+    assert "exact" not in evaluate_models(small(exact_catalogue="never", sampled_negatives=10).cfg, ws.data, ws.model)

@@ -152,6 +152,10 @@ class Config(BaseModel):
     eval_ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     #: Two-stage scoring of the per-pair models: SASRec's top-R re-ranked by the fused model.
     rerank_top_r: int = Field(100, ge=1)
+    #: Also rank the per-pair models over the exact catalogue (every user x every item through the
+    #: network) to show how close two-stage is: "auto" when a GPU is present or
+    #: users x items x retriever_output_dim <= 2e8 (ML-100K default: ~1e8).
+    exact_catalogue: Literal["auto", "always", "never"] = "auto"
     sampled_negatives: int = Field(100, ge=1)
     sampled_strategy: Literal["uniform", "popularity"] = "uniform"
 

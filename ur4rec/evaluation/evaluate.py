@@ -56,6 +56,20 @@ def sampled_negatives(data: PreparedData, split: Split, n: int, strategy: str, s
     return out
 
 
+def exact_affordable(cfg: Config, data: PreparedData) -> bool:
+    """Whether the exact catalogue ranking of the per-pair models is run (``exact_catalogue``)."""
+    if cfg.exact_catalogue != "auto":
+        return cfg.exact_catalogue == "always"
+    return torch.cuda.is_available() or data.num_users * data.num_items * cfg.retriever_output_dim <= 2e8
+
+
+def exact_scorers(model: torch.nn.Module) -> dict[str, Callable]:
+    """Every item through the per-pair networks (no first stage): the reference two-stage approximates."""
+    model.eval()
+    return {"ur4rec": lambda users, seq: model.full_sort_predict(users, seq),
+            "retriever": lambda users, seq: model.retriever.full_catalogue_scores(users)}
+
+
 def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg: Config) -> dict[str, Callable]:
     out: dict[str, Callable] = {}
     if model is not None:
@@ -145,6 +159,21 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
             per_user[(split, name)] = res
             out["full"][split][name] = _entry(res, cfg.seed)
             out["sampled"][split][name] = _entry(sampled_result(name, model, fn, data, split, cfg, negatives), cfg.seed)
+        if model is not None and exact_affordable(cfg, data):
+            out.setdefault("exact", {})[split] = {}
+            out.setdefault("two_stage_vs_exact", {})[split] = {}
+            for name, fn in exact_scorers(model).items():
+                t0 = time.perf_counter()
+                res = evaluate_full_ranking(fn, data, split, cfg.max_seq_len, ks=cfg.eval_ks, batch_size=64)
+                out["seconds"][f"{split}/{name}/exact"] = round(time.perf_counter() - t0, 3)
+                out["exact"][split][name] = _entry(res, cfg.seed)
+                two = per_user[(split, name)]
+                out["two_stage_vs_exact"][split][name] = {
+                    "ndcg@10_two_stage": two.summary["ndcg@10"], "ndcg@10_exact": res.summary["ndcg@10"],
+                    "difference": two.summary["ndcg@10"] - res.summary["ndcg@10"],
+                    "users_with_same_target_rank": float(np.mean(two.ranks == res.ranks)),
+                    "users_target_in_top_r_both": float(np.mean((two.ranks <= cfg.rerank_top_r)
+                                                                & (res.ranks <= cfg.rerank_top_r)))}
         if model is not None:
             out["paired_test"][split] = {"ur4rec_vs_sasrec_ndcg@10": paired_permutation_test(
                 per_user[(split, "ur4rec")].per_user["ndcg@10"], per_user[(split, "sasrec")].per_user["ndcg@10"],
@@ -167,6 +196,16 @@ def leaderboard(results: dict[str, Any], protocol: str = "full", split: str = "t
     return df.sort_values("ndcg@10", ascending=False) if "ndcg@10" in df else df
 
 
+def two_stage_vs_exact(results: dict[str, Any]) -> pd.DataFrame:
+    """NDCG@10 of the per-pair models under two-stage and exact catalogue ranking, per split."""
+    rows = [{"split": split, "model": name, **cmp} for split, models in results.get("two_stage_vs_exact", {}).items()
+            for name, cmp in models.items()]
+    if not rows:
+        return pd.DataFrame({"note": ["exact catalogue ranking was not run (exact_catalogue: never, or too large "
+                                      "for this machine under 'auto')"]})
+    return pd.DataFrame(rows).set_index(["split", "model"])
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     lines = ["# Evaluation", "", f"Users evaluated: {results['users_evaluated']} (every user).", ""]
     for protocol in ("full", "sampled"):
@@ -182,6 +221,13 @@ def to_markdown(results: dict[str, Any]) -> str:
                 cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
+    for split, models in results.get("two_stage_vs_exact", {}).items():
+        lines += [f"## Two-stage vs exact catalogue ranking — {split}", "",
+                  "| model | NDCG@10 two-stage | NDCG@10 exact | difference | users with the same target rank |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {c['ndcg@10_two_stage']:.4f} | {c['ndcg@10_exact']:.4f} | {c['difference']:+.4f} | "
+                  f"{c['users_with_same_target_rank']:.1%} |" for name, c in models.items()]
+        lines.append("")
     for split, tests in results.get("paired_test", {}).items():
         for name, t in tests.items():
             lines.append(f"Paired permutation test ({split}, {name}): mean difference {t['mean_difference']:+.4f}, "
@@ -217,7 +263,8 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / "eval.md", to_markdown(public))
 
 
-__all__ = ["MODELS", "breakdown_table", "breakdowns", "evaluate_models", "evaluate_run", "leaderboard", "known_items_mask"]
+__all__ = ["MODELS", "breakdown_table", "breakdowns", "evaluate_models", "evaluate_run", "known_items_mask", "leaderboard",
+           "two_stage_vs_exact"]
 
 
 def breakdown_table(results: dict[str, Any], data: PreparedData, split: Split = "test",
