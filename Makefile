@@ -62,9 +62,15 @@ $(BENCH_VENV)/.ur4rec-bench: Makefile
 	  colorlog colorama texttable tabulate thop tensorboard ray
 	@touch $@
 
+# The evaluation and accuracy benchmarks need a trained default run (trained once, then reused).
+BENCH_RUN ?= runs/bench-default
 bench: setup bench-env
 	@for b in bench/scoring.py bench/encoder.py bench/training.py; do \
 	  echo "== $$b"; $(PY) $$b --json || exit 1; done
+	@test -f $(BENCH_RUN)/final.pt || $(VENV)/bin/ur4rec train --run-dir $(BENCH_RUN) --json >/dev/null
+	@test -f $(BENCH_RUN)/eval.json || $(VENV)/bin/ur4rec evaluate --run-dir $(BENCH_RUN) --json >/dev/null
+	$(PY) bench/evaluation.py --run-dir $(BENCH_RUN) --json
+	$(PY) bench/accuracy.py --run-dir $(BENCH_RUN) --json
 
 clean-reports:
 	rm -rf reports/quick reports/full

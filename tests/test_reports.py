@@ -66,18 +66,21 @@ def test_custom_parameters_file_reaches_every_notebook(tmp_path: Path) -> None:
     nbdir = tmp_path / "notebooks"
     nbdir.mkdir()
     for name in ("01_data_prep", "03_training"):
-        nb = _notebook(nbdir / f"{name}.ipynb", "print(f'epochs={epochs} note={note}')")
+        nb = _notebook(nbdir / f"{name}.ipynb", "print(f'epochs={epochs} note={note} seed={profile_config(profile, "
+                       "None, None, config_overrides).seed}')")
         book = nbformat.read(nb, 4)
-        book.cells[0].source += "\nepochs = 1\nnote = 'default'"
+        book.cells[0].source += "\nepochs = 1\nnote = 'default'\nconfig_overrides = None\n" \
+                                "from ur4rec.profiles import profile_config"
         nbformat.write(book, nb)
     params = tmp_path / "my_params.yaml"
-    params.write_text("epochs: 7\n03_training:\n  note: per-notebook\n")
+    params.write_text("epochs: 7\noverrides: [seed=7]\n03_training:\n  note: per-notebook\n")
     code = main(["reports", "--profile", "quick", "-f", str(params), "--notebook-dir", str(nbdir), "--set",
                  f"reports_dir={tmp_path / 'r'}", "--set", f"runs_dir={tmp_path / 'runs'}"])
     assert code == 0
     out = {n: nbformat.read(tmp_path / "r" / "quick" / f"{n}.ipynb", 4) for n in ("01_data_prep", "03_training")}
     printed = {n: "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", [])) for n, nb in out.items()}
-    assert printed == {"01_data_prep": "epochs=7 note=default\n", "03_training": "epochs=7 note=per-notebook\n"}
+    assert printed == {"01_data_prep": "epochs=7 note=default seed=7\n",
+                       "03_training": "epochs=7 note=per-notebook seed=7\n"}
 
 
 def test_unreadable_parameters_file_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -217,3 +217,16 @@ def test_two_stage_equals_exact_ranking_when_top_r_covers_the_catalogue(small) -
             assert cmp["users_with_same_target_rank"] == 1.0, (split, name, cmp)
             assert out["exact"][split][name]["metrics"] == out["full"][split][name]["metrics"]
     assert "exact" not in evaluate_models(small(exact_catalogue="never", sampled_negatives=10).cfg, ws.data, ws.model)
+
+
+def test_fusion_weight_sweep_at_weight_zero_is_exactly_sasrec(small) -> None:
+    from ur4rec.evaluation.ablations import fusion_weight_sweep
+    from ur4rec.evaluation.protocol import evaluate_full_ranking
+    from ur4rec.evaluation.scoring import sasrec_scorer
+
+    ws = small()
+    table = fusion_weight_sweep(ws.model, ws.data, ws.cfg, weights=(0.0, 0.5), splits=("valid",))
+    sasrec = evaluate_full_ranking(sasrec_scorer(ws.model), ws.data, "valid", ws.cfg.max_seq_len, ks=[10])
+    assert table.loc[0.0, "valid ndcg@10"] == pytest.approx(sasrec.summary["ndcg@10"])
+    assert table.loc[0.5, "valid ndcg@10"] != table.loc[0.0, "valid ndcg@10"]  # the weight is really applied
+    assert torch.equal(ws.model.fixed_weights, torch.tensor([0.5, 0.5]))  # the model is left as it was

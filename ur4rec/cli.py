@@ -58,8 +58,13 @@ def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     custom = load_custom_parameters(args.params_file) if args.params_file else {}
     if args.config:
         custom.setdefault("config_path", args.config)
-    if args.overrides:
-        custom.setdefault("overrides", args.overrides)
+    if args.overrides:  # --set adds to (and wins over) the parameters file's overrides
+        from ur4rec.config import parse_overrides
+
+        file_overrides = custom.get("overrides") or {}
+        if not isinstance(file_overrides, dict):
+            file_overrides = parse_overrides([str(o) for o in file_overrides])
+        custom["overrides"] = file_overrides | parse_overrides(args.overrides)
     extra = {"notebook_dir": Path(args.notebook_dir)} if args.notebook_dir else {}
     results, index = run_reports(args.profile, only=args.only, custom_parameters=custom, **extra)
     summary = summarise(results) | {"index": str(index)}

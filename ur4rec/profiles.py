@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ur4rec.config import CONFIG_DIR, Config, load_config
+from ur4rec.config import CONFIG_DIR, Config, load_config, parse_overrides
 from ur4rec.errors import ConfigError
 
 PROFILE_CONFIGS = {"quick": CONFIG_DIR / "quick.yaml", "full": CONFIG_DIR / "ur4rec_moe_100k.yaml"}
@@ -28,7 +28,15 @@ def profile_config(
     profile: str = "full",
     config_path: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
+    config_overrides: dict[str, Any] | list[str] | None = None,
 ) -> Config:
-    """The config a notebook runs with: ``config_path`` if given, else the profile's config."""
+    """The config a notebook runs with: ``config_path`` if given, else the profile's config.
+
+    ``config_overrides`` come from the report run (``overrides`` in an ``-f`` parameters file or
+    ``--set``) and apply to every notebook; ``overrides`` are the notebook's own parameters and win.
+    """
     path = Path(config_path) if config_path else profile_config_path(profile)
-    return load_config(path, overrides)
+    as_dict = {}
+    for part in (config_overrides, overrides):
+        as_dict |= part if isinstance(part, dict) else parse_overrides(part)
+    return load_config(path, as_dict)

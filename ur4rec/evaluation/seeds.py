@@ -109,6 +109,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
             cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in SUMMARY_METRICS
                      if m in models[name]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cis = summary["ci95"].get(split, {})
+        if cis:
+            lines += ["", "95% bootstrap CI of NDCG@10 over users, per seed: " + "; ".join(
+                f"{name} " + ", ".join(f"[{ci[0]:.4f}, {ci[1]:.4f}]" for ci in by_seed.values() if ci)
+                for name, by_seed in cis.items() if name in ("ur4rec", "sasrec")) + "."]
         d = summary["fused_minus_sasrec"].get(split)
         if d:
             verdict = "helps" if d["mean"] > 0 and d["seeds_where_fused_wins"] == len(seeds) else "does not help"

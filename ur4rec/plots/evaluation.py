@@ -97,3 +97,13 @@ def user_explorer(ws: Any, scorers: dict[str, Any], split: str = "test", user: i
                 user_history(ws, u, split), table]
 
     return LiveExplorer([picker], view, f"user {user}, {split} split")
+
+
+def fusion_sweep_chart(table: pd.DataFrame) -> go.Figure:
+    """NDCG@10 against the retriever's fusion weight (0 = SASRec alone), per split."""
+    fig = go.Figure()
+    for col in [c for c in table.columns if c.endswith("ndcg@10")]:
+        fig.add_trace(go.Scatter(x=table.index, y=table[col], mode="lines+markers", name=col))
+    fig.update_layout(title="Fused NDCG@10 vs the text branch's weight (0 = SASRec's ranking)",
+                      xaxis_title="retriever weight", yaxis_title="NDCG@10")
+    return fig

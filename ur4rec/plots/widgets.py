@@ -50,15 +50,18 @@ class LiveExplorer:
         self.redraw()
 
     def redraw(self, change: Any = None) -> None:
+        """Replace the output area's contents with the current view.
+
+        The outputs are set as widget state (``append_display_data``), not captured with
+        ``with output:``: capture routes the kernel's display messages through the front end's
+        output-widget hooks, and headless nbclient runs stalled there under load."""
         from IPython import get_ipython
-        from IPython.display import display
 
         if get_ipython() is None:  # no kernel, nothing to draw into (the static view still works)
             return
-        with self.output:
-            self.output.clear_output(wait=True)
-            for obj in self.view():
-                display(obj)
+        self.output.outputs = ()
+        for obj in self.view():
+            self.output.append_display_data(obj)
 
     def static_html(self) -> str:
         note = (f"<p><em>Static view ({html.escape(self.caption)}). Open this notebook in JupyterLab "

@@ -29,6 +29,8 @@ from ur4rec.profiles import profile_config
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "ur4rec"
+#: A cell that runs longer than this fails the notebook (a hang becomes an error, not a stuck run).
+CELL_TIMEOUT_S = int(os.environ.get("UR4REC_CELL_TIMEOUT", "1800"))
 
 #: Which notebooks each notebook needs to have run first (by name prefix).
 DEPENDS: dict[str, list[str]] = {
@@ -156,6 +158,8 @@ def notebook_parameters(name: str, profile: str, run_dir: Path, custom: dict[str
         if key in DEPENDS or key[:2].isdigit():
             if key == name:
                 params.update(value or {})
+        elif key == "overrides":  # config keys for every notebook (each notebook's profile_config applies them)
+            params["config_overrides"] = list(value) if isinstance(value, (list, tuple)) else value
         else:
             params[key] = value
     return params
@@ -172,7 +176,7 @@ def _run_one(path: Path, out_dir: Path, params: dict[str, Any]) -> NotebookResul
     try:
         pm.execute_notebook(
             str(path), str(executed), parameters=params, kernel_name=KERNEL_NAME, cwd=str(REPO_ROOT),
-            progress_bar=False, log_output=False,
+            progress_bar=False, log_output=False, execution_timeout=CELL_TIMEOUT_S,
         )
         status = "ok"
     except Exception as exc:  # papermill saved the notebook with the traceback; report it
