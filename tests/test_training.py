@@ -230,3 +230,15 @@ def test_fusion_weight_sweep_at_weight_zero_is_exactly_sasrec(small) -> None:
     assert table.loc[0.0, "valid ndcg@10"] == pytest.approx(sasrec.summary["ndcg@10"])
     assert table.loc[0.5, "valid ndcg@10"] != table.loc[0.0, "valid ndcg@10"]  # the weight is really applied
     assert torch.equal(ws.model.fixed_weights, torch.tensor([0.5, 0.5]))  # the model is left as it was
+
+
+def test_original_three_checks_report_ranges_and_no_nan(small) -> None:
+    from ur4rec.diagnostics.checks import original_checks
+
+    ws = small()
+    before = {k: v.clone() for k, v in ws.model.state_dict().items()}
+    table = original_checks(ws, batch_sizes=(4, 8), train_batches=2, candidates=10)
+    assert set(table["check"]) == {"sasrec_alone", "full_model", "train_then_eval"}
+    assert (table["nan"] == 0).all() and (table["inf"] == 0).all() and table["min"].notna().all()
+    assert len(table[table["check"] == "full_model"]) == 6  # train/eval x three score components
+    assert all(torch.equal(before[k], v) for k, v in ws.model.state_dict().items())  # the model is untouched

@@ -69,3 +69,67 @@ def nan_sweep(
                          "max": float(finite.max()) if finite.numel() else None})
     model.eval()
     return pd.DataFrame(rows)
+
+
+def _score_row(check: str, setting: str, scores: torch.Tensor) -> dict:
+    scores = scores.detach()
+    finite = scores[torch.isfinite(scores)]
+    return {"check": check, "setting": setting, "scores": scores.numel(), "nan": int(torch.isnan(scores).sum()),
+            "inf": int(torch.isinf(scores).sum()), "min": float(finite.min()) if finite.numel() else None,
+            "max": float(finite.max()) if finite.numel() else None}
+
+
+def original_checks(workspace, batch_sizes: Iterable[int] = (32, 64, 128), train_batches: int = 5,
+                    candidates: int = 100, run_dir: str | None = None) -> pd.DataFrame:
+    """The original system's three debugging scripts as one parameterised run, on real validation
+    batches of the workspace's data; one row per measurement with score range and NaN/Inf counts:
+
+    1. ``sasrec_alone``: SASRec's catalogue scores in eval mode at each batch size;
+    2. ``full_model``: the fused forward in train and eval mode, per score component;
+    3. ``train_then_eval``: a copy of the model trained for ``train_batches`` real batches (the
+       workbench trainer, so its NaN guard is active), then its full-ranking validation scores.
+    The workspace's own model is left untouched."""
+    import copy
+    import tempfile
+
+    from ur4rec.data.batching import pad_left
+    from ur4rec.evaluation.scoring import per_pair_scorer
+    from ur4rec.training.run import Workspace, train
+
+    ws, cfg = workspace, workspace.cfg
+    hist = ws.data.history("valid")
+    held = ws.data.held_out("valid")
+    rows = []
+    model = ws.model
+    model.eval()
+    for b in batch_sizes:
+        users = torch.arange(b) % ws.data.num_users
+        seq = pad_left([hist[u] for u in users.tolist()], cfg.max_seq_len)
+        with torch.no_grad():
+            rows.append(_score_row("sasrec_alone", f"eval, batch {b}", model.sasrec.full_sort_predict(seq)[:, 1:]))
+    b = min(max(batch_sizes), ws.data.num_users)
+    users = torch.arange(b)
+    seq = pad_left([hist[u] for u in users.tolist()], cfg.max_seq_len)
+    g = torch.Generator().manual_seed(cfg.seed)
+    others = torch.randint(1, ws.data.num_items + 1, (b, candidates - 1), generator=g)
+    cands = torch.cat([torch.as_tensor([int(held[u][0]) for u in users.tolist()]).unsqueeze(1), others], dim=1)
+    probe = copy.deepcopy(model)  # a train-mode forward updates running score spreads and memory
+    for train_mode in (True, False):
+        probe.train(train_mode)
+        with torch.no_grad():
+            out = probe(users, seq, cands)
+        for key in ("scores", "sasrec_scores", "retriever_scores"):
+            rows.append(_score_row("full_model", f"{'train' if train_mode else 'eval'}, {key}", out[key]))
+    trained = Workspace(cfg, ws.data, ws.texts, copy.deepcopy(model), ws.text_fingerprint)
+    with tempfile.TemporaryDirectory(prefix="ur4rec-check-") as tmp:
+        train(cfg, run_dir=run_dir or tmp, progress=False, max_steps=train_batches, workspace=trained)
+    trained.model.eval()
+    score = per_pair_scorer(trained.model, "fused", cfg.rerank_top_r)
+    with torch.no_grad():
+        all_users = torch.arange(ws.data.num_users)
+        fused = score(all_users, pad_left(hist, cfg.max_seq_len))
+        sasrec = trained.model.sasrec.full_sort_predict(pad_left(hist, cfg.max_seq_len))[:, 1:]
+    rows.append(_score_row("train_then_eval", f"{train_batches} batches, SASRec catalogue scores", sasrec))
+    rows.append(_score_row("train_then_eval", f"{train_batches} batches, fused two-stage scores",
+                           fused[:, 1:][torch.isfinite(fused[:, 1:])]))
+    return pd.DataFrame(rows)
