@@ -242,3 +242,21 @@ def test_original_three_checks_report_ranges_and_no_nan(small) -> None:
     assert (table["nan"] == 0).all() and (table["inf"] == 0).all() and table["min"].notna().all()
     assert len(table[table["check"] == "full_model"]) == 6  # train/eval x three score components
     assert all(torch.equal(before[k], v) for k, v in ws.model.state_dict().items())  # the model is untouched
+
+
+def test_recbole_protocol_ranks_known_items_and_ours_excludes_them(small) -> None:
+    from ur4rec.evaluation.protocol import evaluate_full_ranking
+
+    ws = small()
+    hist, held = ws.data.history("valid"), ws.data.held_out("valid")
+
+    def score(users, seq):  # every user's last known item first, the held-out item second
+        s = torch.zeros(len(users), ws.data.num_items + 1)
+        for row, u in enumerate(users.tolist()):
+            s[row, int(hist[u][-1])] = 2.0
+            s[row, int(held[u][0])] = 1.0
+        return s
+
+    ours = evaluate_full_ranking(score, ws.data, "valid", ws.cfg.max_seq_len)
+    recbole = evaluate_full_ranking(score, ws.data, "valid", ws.cfg.max_seq_len, exclude_known=False)
+    assert (ours.ranks == 1).all() and (recbole.ranks == 2).all()

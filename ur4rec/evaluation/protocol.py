@@ -49,8 +49,12 @@ def evaluate_full_ranking(
     ks: Iterable[int] = (5, 10, 20),
     batch_size: int = 256,
     users: np.ndarray | None = None,
+    exclude_known: bool = True,
 ) -> EvalResult:
-    """Full-ranking metrics of ``score`` on ``split`` for every user (or the given users)."""
+    """Full-ranking metrics of ``score`` on ``split`` for every user (or the given users).
+
+    ``exclude_known=False`` ranks the user's known items too (only padding is excluded): RecBole's
+    protocol for sequential models, used only to compare with numbers it printed."""
     histories = data.history(split)
     held_out = data.held_out(split)
     users = np.arange(data.num_users) if users is None else np.asarray(users)
@@ -62,7 +66,9 @@ def evaluate_full_ranking(
         scores = score(torch.as_tensor(batch), seq)
         targets = torch.as_tensor([held_out[u][0] for u in batch])
         try:
-            r = target_ranks(scores, targets, known_items_mask(hist, data.num_items), user_ids=batch.tolist())
+            known = known_items_mask(hist if exclude_known else [np.zeros(0, dtype=np.int64)] * len(hist),
+                                     data.num_items)
+            r = target_ranks(scores, targets, known, user_ids=batch.tolist())
         except NonFiniteScoresError as err:
             raise NonFiniteScoresError(err.users, f"evaluate_full_ranking(split={split})") from None
         ranks[start:start + len(batch)] = r.numpy()

@@ -53,7 +53,10 @@ def run_fingerprint(cfg: Config, data_fingerprint: str, text_fingerprint: str | 
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """``{key: (checkpoint value, current value)}`` for every config key and input that differs."""
     diffs: dict[str, tuple[Any, Any]] = {}
-    for key, pair in diff_configs(saved.get("config", {}), current.get("config", {})).items():
+    # Compare semantic keys only, on both sides: a checkpoint written when a key still counted as
+    # semantic (e.g. eval_ks) is not stale because of it.
+    semantic = [{k: v for k, v in fp.get("config", {}).items() if k not in NON_SEMANTIC_KEYS} for fp in (saved, current)]
+    for key, pair in diff_configs(*semantic).items():
         diffs[key] = pair
     for part in ("data", "texts", "code_version"):
         if saved.get(part) != current.get(part):
