@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
-from ur4rec.evaluation.evaluate import exact_scorers, scorers  # noqa: E402
+from ur4rec.evaluation.evaluate import exact_scorers, load_alone_model, scorers  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
 from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
@@ -49,13 +49,14 @@ def main() -> None:
     ck = load_checkpoint(run_dir / "final.pt", run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint))
     ws.model.load_state_dict(ck["model"])
     ws.model.eval()
+    alone = load_alone_model(run_dir, ws.model, run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint))
     rows = {}
-    for name, fn in scorers(ws.model, ws.data, "test", cfg).items():
+    for name, fn in scorers(ws.model, ws.data, "test", cfg, alone).items():
         seconds, ndcg = timed(fn, ws, cfg)
         rows[name] = {"seconds": round(seconds, 2), "ndcg@10": ndcg,
                       "ranking": "two-stage" if name in ("ur4rec", "retriever") else "whole catalogue"}
     exact = {}
-    for name, fn in exact_scorers(ws.model).items():
+    for name, fn in exact_scorers(ws.model, alone).items():
         seconds, ndcg = timed(fn, ws, cfg, batch_size=64)
         exact[name] = {"seconds": round(seconds, 2), "ndcg@10": ndcg}
     total = sum(r["seconds"] for r in rows.values())

@@ -190,6 +190,7 @@ def test_seeds_sweep_reports_mean_and_std_and_reuses_finished_runs(small, tmp_pa
     root, logs = tmp_path / "sweep", []
     summary = run_seeds(base, 2, root, log=logs.append, workspace_factory=factory)
     per_seed = [json.loads((root / f"seed-{s}" / "eval.json").read_text()) for s in (base.seed, base.seed + 1)]
+    assert all("trained alone" in e["models"]["sasrec"] for e in per_seed)  # not the jointly tuned branch
     values = [e["full"]["test"]["sasrec"]["metrics"]["ndcg@10"] for e in per_seed]
     got = summary["full"]["test"]["sasrec"]["ndcg@10"]
     assert got["values"] == values and values[0] != values[1]  # two seeds, two different runs

@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
         raise ConfigError("--config/--set apply only with --seeds: a single run is evaluated with its own config.yaml.",
                           where="ur4rec evaluate", fix="drop --config/--set, or add --seeds K")
     results = evaluate_run(args.run_dir, allow_mismatch=args.allow_mismatch)
-    results.pop("_per_user")
+    results = {k: v for k, v in results.items() if not k.startswith("_")}
     return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
 
 

@@ -63,20 +63,28 @@ def exact_affordable(cfg: Config, data: PreparedData) -> bool:
     return torch.cuda.is_available() or data.num_users * data.num_items * cfg.retriever_output_dim <= 2e8
 
 
-def exact_scorers(model: torch.nn.Module) -> dict[str, Callable]:
+def exact_scorers(model: torch.nn.Module, alone: torch.nn.Module | None = None) -> dict[str, Callable]:
     """Every item through the per-pair networks (no first stage): the reference two-stage approximates."""
+    alone = alone or model
     model.eval()
+    alone.eval()
     return {"ur4rec": lambda users, seq: model.full_sort_predict(users, seq),
-            "retriever": lambda users, seq: model.retriever.full_catalogue_scores(users)}
+            "retriever": lambda users, seq: alone.retriever.full_catalogue_scores(users)}
 
 
-def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg: Config) -> dict[str, Callable]:
+def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg: Config,
+            alone: torch.nn.Module | None = None) -> dict[str, Callable]:
+    """Catalogue scorers of every model. ``alone`` holds the branches as trained alone (the model at
+    the end of pretrain_retriever: SASRec from pretrain_sasrec, frozen since, and the retriever
+    trained on top); without it, the final model's branches stand in for them."""
     out: dict[str, Callable] = {}
     if model is not None:
+        alone = alone or model
         model.eval()
+        alone.eval()
         out["ur4rec"] = per_pair_scorer(model, "fused", cfg.rerank_top_r)
-        out["sasrec"] = sasrec_scorer(model)
-        out["retriever"] = per_pair_scorer(model, "retriever", cfg.rerank_top_r)
+        out["sasrec"] = sasrec_scorer(alone)
+        out["retriever"] = per_pair_scorer(alone, "retriever", cfg.rerank_top_r)
     pop, knn = MostPop(data, split), ItemKNN(data, split)
     out["mostpop"] = lambda users, seq: pop.score(users)
     out["itemknn"] = lambda users, seq: knn.score(users)
@@ -140,19 +148,27 @@ def breakdowns(result: EvalResult, data: PreparedData, split: Split, metric: str
 
 
 def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | None,
-                    splits: tuple[Split, ...] = ("valid", "test")) -> dict[str, Any]:
+                    splits: tuple[Split, ...] = ("valid", "test"),
+                    alone: torch.nn.Module | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"users_evaluated": data.num_users, "full": {}, "sampled": {},
                            "protocol": {"full": "full ranking over the catalogue, known items excluded, ties count "
                                                 "against the target; ur4rec/retriever two-stage (SASRec top-"
                                                 f"{cfg.rerank_top_r} re-ranked)",
                                         "sampled": f"{cfg.sampled_negatives} {cfg.sampled_strategy} negatives per "
                                                    "user drawn once (fixed seed), identical for all models"},
-                           "seconds": {}, "paired_test": {}}
+                           "seconds": {}, "paired_test": {},
+                           "models": {"ur4rec": "the final model (after every stage)",
+                                      "sasrec": "SASRec trained alone (best pretrain_sasrec checkpoint)" if alone
+                                      is not None else "the final model's SASRec branch",
+                                      "retriever": "the retriever trained alone on frozen SASRec (best "
+                                      "pretrain_retriever checkpoint)" if alone is not None
+                                      else "the final model's retriever branch",
+                                      "mostpop": "training popularity", "itemknn": "item-item cosine, training"}}
     per_user: dict[tuple[str, str], EvalResult] = {}
     for split in splits:
         out["full"][split], out["sampled"][split] = {}, {}
         negatives = sampled_negatives(data, split, cfg.sampled_negatives, cfg.sampled_strategy, cfg.seed)
-        for name, fn in scorers(model, data, split, cfg).items():
+        for name, fn in scorers(model, data, split, cfg, alone).items():
             t0 = time.perf_counter()
             res = evaluate_full_ranking(fn, data, split, cfg.max_seq_len, ks=cfg.eval_ks)
             out["seconds"][f"{split}/{name}"] = round(time.perf_counter() - t0, 3)
@@ -162,7 +178,7 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
         if model is not None and exact_affordable(cfg, data):
             out.setdefault("exact", {})[split] = {}
             out.setdefault("two_stage_vs_exact", {})[split] = {}
-            for name, fn in exact_scorers(model).items():
+            for name, fn in exact_scorers(model, alone).items():
                 t0 = time.perf_counter()
                 res = evaluate_full_ranking(fn, data, split, cfg.max_seq_len, ks=cfg.eval_ks, batch_size=64)
                 out["seconds"][f"{split}/{name}/exact"] = round(time.perf_counter() - t0, 3)
@@ -249,11 +265,28 @@ def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False, workspace: A
     expected = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
     ck = load_checkpoint(run_dir / "final.pt", expected, allow_mismatch=allow_mismatch)
     ws.model.load_state_dict(ck["model"])
+    alone = load_alone_model(run_dir, ws.model, expected, allow_mismatch)
     t0 = time.perf_counter()
-    results = evaluate_models(cfg, ws.data, ws.model)
+    results = evaluate_models(cfg, ws.data, ws.model, alone=alone)
     results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     write_results(run_dir, results)
+    results["_alone"] = alone  # for notebooks (the explorer's SASRec and retriever); never written
     return results
+
+
+def load_alone_model(run_dir: Path, model: torch.nn.Module, expected: dict[str, Any],
+                     allow_mismatch: bool = False) -> torch.nn.Module | None:
+    """The model as it stood after pretrain_retriever (each branch trained alone), if the run has it."""
+    import copy
+
+    from ur4rec.training.checkpoint import load_checkpoint
+
+    path = Path(run_dir) / "best-pretrain_retriever.pt"
+    if not path.is_file():
+        return None
+    alone = copy.deepcopy(model)
+    alone.load_state_dict(load_checkpoint(path, expected, allow_mismatch=allow_mismatch)["model"])
+    return alone.eval()
 
 
 def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:

@@ -59,8 +59,7 @@ def run_seeds(cfg: Config, k: int, root: str | Path, progress: bool = False,
         _, ws = train(c, run_dir=run_dir, resume=(run_dir / "last.pt").is_file(), progress=progress,
                       workspace=workspace)
         results = evaluate_run(run_dir, workspace=ws)
-        results.pop("_per_user", None)
-        per_seed[c.seed] = results
+        per_seed[c.seed] = {k: v for k, v in results.items() if not k.startswith("_")}
     summary = aggregate(per_seed)
     summary["config_hashes"] = {s: c.hash() for s, c in zip(per_seed, seed_runs(cfg, k))}
     atomic_write_json(root / "seeds.json", summary)
