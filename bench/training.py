@@ -5,7 +5,8 @@
 Both sides: ML-100K, all interactions, leave-one-out by time, hidden 64, 2 layers, 2 heads, max
 length 50, CE loss, Adam(W) 1e-3, 2 threads, full-ranking validation NDCG@10. A RecBole batch is 256
 prefixes with one target each; a workbench batch is ``--batch-size`` windows of up to 50 targets each
-(default 32 windows ≈ 1,300 targets, the default config's batch_size). RecBole
+(default 8 windows ≈ 320 targets, the closest to RecBole's 256 per step; the default config trains
+with 32 windows, fewer and larger steps, which the retriever stages favour). RecBole
 runs in its own environment (``.bench-venv``, created by ``make bench-env``: it needs numpy<2,
 setuptools<81); the workbench package never imports it.
 
@@ -94,7 +95,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--batch-size", type=int, default=32, help="windows per batch (default config: 32)")
+    ap.add_argument("--batch-size", type=int, default=8,
+                    help="windows per batch (default 8 ≈ 320 targets ≈ RecBole's 256 per step)")
     ap.add_argument("--recbole-epochs", type=int, default=2)
     ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
     args = ap.parse_args()

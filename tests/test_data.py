@@ -182,3 +182,20 @@ def test_failed_rebuild_keeps_the_previous_output(tmp_cfg, grouplens_dir: Path, 
     assert sorted(p.name for p in Path(good.path).iterdir()) == before
     assert not [p for p in Path(good.path).parent.iterdir() if p.name.startswith(".")]
     assert PreparedData.load(good.path).meta["fingerprint"] == good.fingerprint
+
+
+def test_training_windows_use_every_target_once_with_or_without_overlap() -> None:
+    import numpy as np
+
+    from ur4rec.data.batching import training_windows
+
+    seq = np.arange(1, 13)
+    for stride in (None, 4, 3, 1):
+        inputs, targets = training_windows([seq], 4, stride)
+        assert sorted(t for t in targets.flatten().tolist() if t) == list(range(2, 13)), stride
+        for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
+            for pos, t in enumerate(row_t):
+                if t:  # the target follows its input, and sees >= max_len - stride + 1 items (all it has, if fewer)
+                    assert row_in[pos] == t - 1
+                    seen = sum(1 for x in row_in[: pos + 1] if x)
+                    assert seen >= min(4 - (stride or 4) + 1, t - 1), (stride, t, seen)
