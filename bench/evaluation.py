@@ -12,7 +12,6 @@ saves. Goal: the five models in <= 30 s on this CPU with the default config.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -23,10 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.publish import publish  # noqa: E402
+
 from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
 from ur4rec.evaluation.evaluate import exact_scorers, load_alone_model, scorers  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
-from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
 from ur4rec.training.run import build_workspace  # noqa: E402
 
@@ -69,8 +69,6 @@ def main() -> None:
               "exact_per_pair": exact, "per_pair_two_stage_s": round(two_stage_total, 2),
               "per_pair_exact_s": round(exact_total, 2),
               "two_stage_speedup": round(exact_total / two_stage_total, 1)}
-    out = ROOT / "bench" / "results"
-    atomic_write_json(out / "evaluation.json", result)
     md = [f"# Evaluation speed: {ws.data.num_users} users x {ws.data.num_items} items, test split, full ranking", "",
           f"Run {run_dir} (retriever dim {cfg.retriever_output_dim}, top-R {cfg.rerank_top_r}), torch "
           f"{torch.__version__}, 2 threads.", "",
@@ -82,10 +80,7 @@ def main() -> None:
     md += [f"| {n} | {r['seconds']:.2f} | {r['ndcg@10']:.4f} |" for n, r in exact.items()]
     md += ["", f"Two-stage is {result['two_stage_speedup']}x faster than exact for the per-pair models "
                f"({two_stage_total:.2f} s vs {exact_total:.2f} s).", ""]
-    atomic_write_text(out / "evaluation.md", "\n".join(md))
-    print("\n".join(md), file=sys.stderr)
-    if args.json:
-        print(json.dumps(result))
+    publish("evaluation", result, md, args.json)
 
 
 if __name__ == "__main__":

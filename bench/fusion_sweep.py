@@ -11,7 +11,6 @@ the weight is picked on validation per seed, and its test NDCG@10 is compared wi
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,9 +19,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.publish import publish  # noqa: E402
+
 from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
 from ur4rec.evaluation.ablations import fusion_weight_sweep  # noqa: E402
-from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
 from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
 from ur4rec.training.run import build_workspace  # noqa: E402
 
@@ -46,8 +46,6 @@ def main() -> None:
                             "test ndcg@10 at weight 0 (SASRec)": float(table.loc[0.0, "test ndcg@10"])}
         print(cfg.seed, picked[cfg.seed], file=sys.stderr, flush=True)
     result = {"seeds_dir": args.seeds_dir, "per_seed": per_seed, "picked_on_valid": picked}
-    out = ROOT / "bench" / "results"
-    atomic_write_json(out / "fusion_sweep.json", result)
     weights = [r["retriever_weight"] for r in next(iter(per_seed.values()))]
     md = ["# Fusion-weight ablation (weighted fusion, trained default runs, full ranking, two-stage)", "",
           "Mean over seeds " + ", ".join(map(str, per_seed)) + " of NDCG@10 for each retriever weight "
@@ -60,10 +58,7 @@ def main() -> None:
     md += ["", "Weight picked on validation, per seed: " + "; ".join(
         f"seed {s}: w = {p['weight']:g}, test {p['test ndcg@10']:.4f} vs SASRec {p['test ndcg@10 at weight 0 (SASRec)']:.4f}"
         for s, p in picked.items()) + ".", ""]
-    atomic_write_text(out / "fusion_sweep.md", "\n".join(md))
-    print("\n".join(md), file=sys.stderr)
-    if args.json:
-        print(json.dumps(result))
+    publish("fusion_sweep", result, md, args.json)
 
 
 if __name__ == "__main__":
