@@ -26,7 +26,10 @@ def test_exported_report_shows_the_static_view_even_with_saved_widget_state(tmp_
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
         "state": {bundle[WIDGET_VIEW]["model_id"]: {"model_name": "VBoxModel", "state": {}}},
         "version_major": 2, "version_minor": 0}}
-    nb.cells = [new_code_cell("explorer", outputs=[new_output("display_data", data=bundle)])]
+    progress_bar = {WIDGET_VIEW: {"model_id": "tqdm-bar-model", "version_major": 2, "version_minor": 0},
+                    "text/plain": "stage e0:   0%|          | 0/11"}
+    nb.cells = [new_code_cell("explorer", outputs=[new_output("display_data", data=bundle),
+                                                   new_output("display_data", data=progress_bar)])]
     executed = tmp_path / "executed.ipynb"
     nbformat.write(nb, executed)
     export_html(executed, tmp_path / "report.html")
@@ -34,4 +37,5 @@ def test_exported_report_shows_the_static_view_even_with_saved_widget_state(tmp_
     assert "Static view" in body and "Plotly.newPlot" in body
     assert bundle[WIDGET_VIEW]["model_id"] not in body  # no dead widget view
     assert "unpkg.com" not in body and "html-manager" not in body  # no widget manager from a CDN
+    assert "0/11" not in body  # a widget with no static view is left out, not shown in its initial state
     assert "widgets" in nbformat.read(executed, 4).metadata  # the executed notebook keeps its state

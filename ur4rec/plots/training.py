@@ -54,6 +54,24 @@ def stage_timeline(history: pd.DataFrame | list[dict[str, Any]]) -> go.Figure:
     return fig
 
 
+def figure_bundle(fig: go.Figure) -> dict[str, Any]:
+    """The MIME bundle the default renderers would display for ``fig``.
+
+    A plotly figure displays itself through ``_ipython_display_``, which ignores ``display_id``, so
+    ``DisplayHandle.update(fig)`` would append a new chart per update (37 of them in a headless
+    training report). Displaying the bundle itself keeps one output that updates in place."""
+    import plotly.io as pio
+
+    # The notebook renderer embeds plotly.js once, on its first use; plotly does that only on its
+    # own display path, so trigger it here (private API, guarded) before the first bundle.
+    if hasattr(pio.renderers, "_activate_pending_renderers"):
+        pio.renderers._activate_pending_renderers()
+    bundle: dict[str, Any] = {}
+    for name in str(pio.renderers.default).split("+"):
+        bundle |= pio.renderers[name].to_mimebundle(fig.to_dict())
+    return bundle
+
+
 class LiveTrainingPlot:
     """An ``on_epoch`` callback that redraws the curves in place while training runs."""
 
@@ -61,8 +79,9 @@ class LiveTrainingPlot:
         from IPython.display import display
 
         self.records: list[dict[str, Any]] = []
-        self.handle = display(training_curves([]), display_id=True)
+        self.handle = display(figure_bundle(training_curves([])), raw=True, display_id=True)
 
     def __call__(self, record: dict[str, Any]) -> None:
         self.records.append(record)
-        self.handle.update(training_curves(self.records))
+        if self.handle is not None:
+            self.handle.update(figure_bundle(training_curves(self.records)), raw=True)
