@@ -93,8 +93,9 @@ def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg
 
 @torch.no_grad()
 def sampled_result(name: str, model: torch.nn.Module | None, full_score: Callable, data: PreparedData, split: Split,
-                   cfg: Config, negatives: torch.Tensor) -> EvalResult:
-    """Rank the target among its fixed sampled negatives; per-pair models score the candidates directly."""
+                   cfg: Config, negatives: torch.Tensor, alone: torch.nn.Module | None = None) -> EvalResult:
+    """Rank the target among its fixed sampled negatives; per-pair models score the candidates directly
+    (the retriever as in ``scorers``: the one trained alone when ``alone`` is given)."""
     users = np.arange(data.num_users)
     hist = data.history(split)
     targets = torch.as_tensor([data.held_out(split)[u][0] for u in users])
@@ -107,7 +108,7 @@ def sampled_result(name: str, model: torch.nn.Module | None, full_score: Callabl
         if name == "ur4rec":
             s = model(u, seq, cands)["scores"]
         elif name == "retriever":
-            s = model.retriever(u, cands)["scores"]
+            s = (alone or model).retriever(u, cands)["scores"]
         else:
             s = full_score(u, seq).gather(1, cands)
         # ties count against the target, as in full ranking
@@ -174,7 +175,8 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
             out["seconds"][f"{split}/{name}"] = round(time.perf_counter() - t0, 3)
             per_user[(split, name)] = res
             out["full"][split][name] = _entry(res, cfg.seed)
-            out["sampled"][split][name] = _entry(sampled_result(name, model, fn, data, split, cfg, negatives), cfg.seed)
+            out["sampled"][split][name] = _entry(sampled_result(name, model, fn, data, split, cfg, negatives, alone),
+                                                 cfg.seed)
         if model is not None and exact_affordable(cfg, data):
             out.setdefault("exact", {})[split] = {}
             out.setdefault("two_stage_vs_exact", {})[split] = {}
