@@ -191,7 +191,7 @@ def test_training_windows_use_every_target_once_with_or_without_overlap() -> Non
 
     seq = np.arange(1, 13)
     for stride in (None, 4, 3, 1):
-        inputs, targets = training_windows([seq], 4, stride)
+        inputs, targets, owners = training_windows([seq], 4, stride)
         assert sorted(t for t in targets.flatten().tolist() if t) == list(range(2, 13)), stride
         for row_in, row_t in zip(inputs.tolist(), targets.tolist()):
             for pos, t in enumerate(row_t):
@@ -199,3 +199,11 @@ def test_training_windows_use_every_target_once_with_or_without_overlap() -> Non
                     assert row_in[pos] == t - 1
                     seen = sum(1 for x in row_in[: pos + 1] if x)
                     assert seen >= min(4 - (stride or 4) + 1, t - 1), (stride, t, seen)
+        assert owners.tolist() == [0] * len(inputs)
+    # owners say which sequence each window came from (the trainer samples negatives per user)
+    inputs, targets, owners = training_windows([np.arange(1, 4), np.arange(10, 22), np.arange(30, 32)], 4, 2)
+    for row_in, row_t, owner in zip(inputs.tolist(), targets.tolist(), owners.tolist()):
+        items = {x for x in row_in + row_t if x}
+        assert items <= set(range(1, 4)) if owner == 0 else items <= set(range(10, 22)) if owner == 1 \
+            else items <= set(range(30, 32)), (owner, items)
+    assert sorted(set(owners.tolist())) == [0, 1, 2]

@@ -261,3 +261,47 @@ def test_recbole_protocol_ranks_known_items_and_ours_excludes_them(small) -> Non
     ours = evaluate_full_ranking(score, ws.data, "valid", ws.cfg.max_seq_len)
     recbole = evaluate_full_ranking(score, ws.data, "valid", ws.cfg.max_seq_len, exclude_known=False)
     assert (ours.ranks == 1).all() and (recbole.ranks == 2).all()
+
+
+def test_fusion_weight_chosen_on_validation_is_stored_in_the_final_model(small, tmp_path: Path) -> None:
+    """fusion_weight_selection: validation picks the grid's best validation NDCG@10 (ties: the
+    smaller weight), stores it in final.pt, and evaluation ranks with it."""
+    from ur4rec.evaluation.ablations import fusion_weight_sweep
+    from ur4rec.evaluation.evaluate import evaluate_run
+    from ur4rec.training.checkpoint import run_fingerprint
+
+    grid = [0.0, 0.3, 1.0]
+    ws = small(fusion_weight_selection="validation", fusion_weight_grid=grid, sampled_negatives=10)
+    result, _ = train(ws.cfg, tmp_path / "sel", workspace=ws, progress=False)
+    chosen = result.fusion_selection
+    table = fusion_weight_sweep(ws.model, ws.data, ws.cfg, weights=grid, splits=("valid",))["valid ndcg@10"]
+    best = min(w for w in grid if table[w] == table.max())
+    assert chosen["retriever_weight"] == best
+    assert chosen["valid_ndcg@10"] == pytest.approx({str(w): table[w] for w in grid})
+    final = load_checkpoint(tmp_path / "sel" / "final.pt",
+                            run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint))
+    assert torch.allclose(final["model"]["fixed_weights"], torch.tensor([1.0 - best, best]))
+    assert final["result"]["fusion_selection"]["retriever_weight"] == best
+    results = evaluate_run(tmp_path / "sel", workspace=small(fusion_weight_selection="validation", sampled_negatives=10,
+                                                             fusion_weight_grid=grid))
+    assert results["full"]["valid"]["ur4rec"]["metrics"]["ndcg@10"] == pytest.approx(table[best])
+    assert f"retriever {best:.2f} (chosen on validation)" in results["models"]["ur4rec"]
+
+
+def test_selection_of_fusion_weights_needs_weighted_fusion(tmp_cfg) -> None:
+    from ur4rec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fusion_weight_selection"):
+        tmp_cfg(fusion_method="learned", fusion_weight_selection="validation")
+    with pytest.raises(ConfigError, match="fusion_weight_grid"):
+        tmp_cfg(fusion_weight_grid=[0.0, 1.5])
+
+
+def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_path: Path) -> None:
+    ws = small(sasrec_batch_size=4, stages=["pretrain_sasrec", "pretrain_retriever"], epochs_per_stage=1)
+    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "b", progress=False)
+    trainer.fit()
+    steps = {r["stage"]: r["step"] for r in _history(tmp_path / "b")}
+    windows = len(trainer.inputs)
+    assert steps["pretrain_sasrec"] == -(-windows // 4)
+    assert steps["pretrain_retriever"] == -(-windows // 16)

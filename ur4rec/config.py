@@ -118,6 +118,13 @@ class Config(BaseModel):
     fusion_method: Literal["weighted", "learned", "adaptive"] = "weighted"
     sasrec_weight: float = Field(0.5, ge=0)
     retriever_weight: float = Field(0.5, ge=0)
+    #: "fixed": the final model fuses with sasrec_weight/retriever_weight as trained.
+    #: "validation": after the last stage, the retriever weight w (fused = (1-w) SASRec + w
+    #: retriever, spreads normalised) is chosen on validation NDCG@10 from fusion_weight_grid and
+    #: stored in the final model; w = 0 (SASRec's ranking) is always a candidate, so the text
+    #: branch gets weight only where validation says it helps. Needs fusion_method: weighted.
+    fusion_weight_selection: Literal["fixed", "validation"] = "fixed"
+    fusion_weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
 
     # ---- training (original keys + loss choices) ---------------------------------------------
     sasrec_lr: float = Field(1e-3, gt=0)
@@ -133,6 +140,14 @@ class Config(BaseModel):
     epochs_per_stage: int = Field(20, ge=1)
     patience: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
+    #: Training windows start every train_window_stride items from the end of a history (None =
+    #: max_seq_len: no overlap). Smaller strides give early targets of long histories more
+    #: context (at least max_seq_len - stride items), as RecBole's one-sample-per-prefix does.
+    train_window_stride: int | None = Field(None, ge=1)
+    #: Windows per optimizer step in pretrain_sasrec (None = batch_size). SASRec's loss covers
+    #: every position of a window, so a window carries ~40 targets: 8 windows are ~300 targets per
+    #: step, close to RecBole's 256 prefixes, and give SASRec 4x the optimizer steps of 32.
+    sasrec_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(0, ge=0)
     num_negatives: int = Field(1, ge=1)
     #: SASRec loss: "ce" (softmax over the catalogue), "bpr" (-logsigmoid(pos-neg)), "bce".
@@ -173,6 +188,13 @@ class Config(BaseModel):
             raise ValueError("a non-empty list of positive cut-offs, e.g. [5, 10, 20]")
         return sorted(set(v))
 
+    @field_validator("fusion_weight_grid")
+    @classmethod
+    def _grid_in_unit_interval(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 <= w <= 1.0 for w in v):
+            raise ValueError("a non-empty list of retriever weights in [0, 1], e.g. [0.0, 0.1, 0.2, 0.5]")
+        return sorted(set(v))
+
     @field_validator("stages")
     @classmethod
     def _stages_not_empty(cls, v: list[str]) -> list[str]:
@@ -191,6 +213,15 @@ class Config(BaseModel):
             raise ValueError(
                 f"retriever_output_dim ({self.retriever_output_dim}) must be divisible by "
                 f"moe_num_heads ({self.moe_num_heads})"
+            )
+        if self.train_window_stride is not None and self.train_window_stride > self.max_seq_len:
+            raise ValueError(
+                f"train_window_stride ({self.train_window_stride}) must be at most max_seq_len ({self.max_seq_len})"
+            )
+        if self.fusion_weight_selection == "validation" and self.fusion_method != "weighted":
+            raise ValueError(
+                f"fusion_weight_selection: validation chooses the weights of fusion_method: weighted; "
+                f"fusion_method {self.fusion_method!r} learns its own (set fusion_weight_selection: fixed)"
             )
         return self
 

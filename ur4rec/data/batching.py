@@ -22,8 +22,21 @@ def pad_left(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def training_windows(seqs: Sequence[np.ndarray], max_len: int,
-                     stride: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _windows(s: np.ndarray, max_len: int, stride: int):
+    """(input, target) windows of one sequence, from its end backwards (see ``training_windows``)."""
+    end = len(s)
+    while end > 1:
+        start = max(0, end - max_len - 1)
+        window = s[start:end]
+        target = window[1:].copy()
+        if start > 0:  # positions start+1 .. end-1; those before end-stride belong to the next window
+            target[: max(0, end - stride - (start + 1))] = 0
+        yield window[:-1], target
+        end = end - stride if start > 0 else 0
+
+
+def training_windows(seqs: Sequence[np.ndarray], max_len: int, stride: int | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Next-item training pairs from every position of every sequence.
 
     A sequence s gives inputs s[:-1] and targets s[1:]; one longer than ``max_len`` + 1 is cut into
@@ -31,22 +44,16 @@ def training_windows(seqs: Sequence[np.ndarray], max_len: int,
     no overlap). Every target is used exactly once (long histories are not truncated to their last
     ``max_len`` items); with ``stride < max_len`` windows overlap and the overlap is context only
     (target 0), so every target sees at least ``max_len - stride`` earlier items when it has them.
-    Returns left-padded (inputs, targets) [W, max_len]; target 0 marks padding or no loss.
+    Returns left-padded (inputs, targets) [W, max_len] (target 0 marks padding or no loss) and the
+    index of the sequence each window came from [W].
     """
     stride = stride or max_len
     if not 0 < stride <= max_len:
         raise ValueError(f"stride must be in 1..max_len ({max_len}), got {stride}")
-    inputs, targets = [], []
-    for s in seqs:
-        s = np.asarray(s, dtype=np.int64)
-        end = len(s)
-        while end > 1:
-            start = max(0, end - max_len - 1)
-            window = s[start:end]
-            target = window[1:].copy()
-            if start > 0:  # positions start+1 .. end-1; those before end-stride belong to the next window
-                target[: max(0, end - stride - (start + 1))] = 0
-            inputs.append(window[:-1])
-            targets.append(target)
-            end = end - stride if start > 0 else 0
-    return pad_left(inputs, max_len), pad_left(targets, max_len)
+    inputs, targets, owners = [], [], []
+    for owner, s in enumerate(seqs):
+        for inp, tgt in _windows(np.asarray(s, dtype=np.int64), max_len, stride):
+            inputs.append(inp)
+            targets.append(tgt)
+            owners.append(owner)
+    return pad_left(inputs, max_len), pad_left(targets, max_len), torch.as_tensor(owners, dtype=torch.long)

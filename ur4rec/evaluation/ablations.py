@@ -4,12 +4,14 @@
 The fused score is ``(1 - w) * SASRec / spread_s + w * retriever / spread_r`` (weighted fusion, the
 running spreads as trained); ``w = 0`` is SASRec's ranking exactly (a built-in check) and ``w = 1``
 the retriever's inside SASRec's top-R. A weight must be chosen on validation; the test column is
-shown for the weight validation picks, never chosen from.
+shown for the weight validation picks, never chosen from. ``select_fusion_weight`` makes that choice
+for a run (``fusion_weight_selection: validation``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -48,3 +50,17 @@ def fusion_weight_sweep(model: torch.nn.Module, data: PreparedData, cfg: Config,
     if "valid ndcg@10" in table:
         table["picked on valid"] = table.index == table["valid ndcg@10"].idxmax()
     return table
+
+
+def select_fusion_weight(model: torch.nn.Module, data: PreparedData, cfg: Config) -> dict[str, Any]:
+    """Choose the retriever weight on validation NDCG@10 from ``cfg.fusion_weight_grid`` and store
+    ``(1 - w, w)`` in ``model.fixed_weights``. Ties go to the smaller weight (SASRec's ranking when
+    the text branch adds nothing). Test is never looked at. Returns what was chosen and the grid."""
+    table = fusion_weight_sweep(model, data, cfg, weights=cfg.fusion_weight_grid, splits=("valid",))
+    scores = table["valid ndcg@10"]
+    best = float(scores[scores == scores.max()].index.min())
+    model.fixed_weights.copy_(torch.tensor([1.0 - best, best]))
+    return {"retriever_weight": best, "sasrec_weight": 1.0 - best, "metric": "valid ndcg@10",
+            "valid_ndcg@10": {str(w): float(v) for w, v in scores.items()},
+            "gain_over_sasrec_ranking": float(scores[best] - scores[0.0]) if 0.0 in scores.index else None}
+

@@ -148,6 +148,16 @@ def breakdowns(result: EvalResult, data: PreparedData, split: Split, metric: str
     return pd.DataFrame(rows, columns=["breakdown", "group", "users", metric])
 
 
+def describe_fused(model: torch.nn.Module | None, cfg: Config) -> str:
+    """What the ``ur4rec`` entry is, with the fusion weights it ranked with."""
+    text = "the final model (after every stage)"
+    if model is None or getattr(model, "fusion_method", None) != "weighted":
+        return text
+    s, r = (float(x) for x in model.fixed_weights)
+    how = "chosen on validation" if cfg.fusion_weight_selection == "validation" else "fixed by the config"
+    return f"{text}; weighted fusion, SASRec {s:.2f} / retriever {r:.2f} ({how})"
+
+
 def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | None,
                     splits: tuple[Split, ...] = ("valid", "test"),
                     alone: torch.nn.Module | None = None) -> dict[str, Any]:
@@ -158,7 +168,7 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
                                         "sampled": f"{cfg.sampled_negatives} {cfg.sampled_strategy} negatives per "
                                                    "user drawn once (fixed seed), identical for all models"},
                            "seconds": {}, "paired_test": {},
-                           "models": {"ur4rec": "the final model (after every stage)",
+                           "models": {"ur4rec": describe_fused(model, cfg),
                                       "sasrec": "SASRec trained alone (best pretrain_sasrec checkpoint)" if alone
                                       is not None else "the final model's SASRec branch",
                                       "retriever": "the retriever trained alone on frozen SASRec (best "

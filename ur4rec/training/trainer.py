@@ -10,6 +10,12 @@ per-pair models two-stage, as in evaluation) and the best checkpoint reloaded be
   the branch's loss stops improving by ``adaptive_switch_threshold`` after ``adaptive_min_steps``).
 - ``end_to_end``: everything, fused loss + both branch losses (optionally uncertainty-weighted).
 
+After the last stage, ``fusion_weight_selection: validation`` chooses the retriever's fusion weight
+on validation (``ur4rec.evaluation.ablations.select_fusion_weight``) and stores it in the final model.
+
+``pretrain_sasrec`` steps over ``sasrec_batch_size`` windows (default ``batch_size``); the other
+stages over ``batch_size``.
+
 Two AdamW optimizers (``sasrec_lr`` for SASRec; ``retriever_lr`` for the retriever, fusion and
 loss weights), linear warmup then cosine decay per stage, gradient clipping. A non-finite loss or
 gradient stops training with an error naming stage, epoch, step, the batch's users and the first
@@ -63,10 +69,12 @@ class TrainResult:
     stages: list[StageResult] = field(default_factory=list)
     skipped_steps: int = 0
     seconds: float = 0.0
+    #: ``select_fusion_weight``'s record when fusion_weight_selection is "validation"
+    fusion_selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "skipped_steps": self.skipped_steps, "seconds": round(self.seconds, 2),
-                "stages": [vars(s) for s in self.stages]}
+                "stages": [vars(s) for s in self.stages], "fusion_selection": self.fusion_selection}
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -103,12 +111,8 @@ class JointTrainer:
         self.on_epoch = on_epoch
         train = data.train_sequences()
         self.known = known_matrix(train, data.num_items)
-        inputs, targets = training_windows(train, cfg.max_seq_len)
-        # which user each window belongs to (training_windows walks users in order)
-        counts = [max(0, math.ceil((len(s) - 1) / cfg.max_seq_len)) for s in train]
-        self.window_users = torch.repeat_interleave(torch.arange(len(train)), torch.tensor(counts))
-        assert len(self.window_users) == len(inputs), "window/user bookkeeping out of sync"
-        self.inputs, self.targets = inputs, targets
+        self.inputs, self.targets, self.window_users = training_windows(train, cfg.max_seq_len,
+                                                                        cfg.train_window_stride)
         self.log_vars = nn.Parameter(torch.zeros(3))  # uncertainty weighting (Kendall et al.)
         self.sasrec_opt = torch.optim.AdamW(list(model.sasrec_parameters()), lr=cfg.sasrec_lr,
                                             weight_decay=cfg.weight_decay)
@@ -233,8 +237,15 @@ class JointTrainer:
             for grp in opt.param_groups:
                 grp["lr"] = base * factor
 
+    def batch_size(self, stage: str) -> int:
+        """Windows per optimizer step in ``stage``."""
+        if stage == "pretrain_sasrec" and self.cfg.sasrec_batch_size:
+            return self.cfg.sasrec_batch_size
+        return self.cfg.batch_size
+
     def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int) -> tuple[dict, int]:
         cfg = self.cfg
+        batch_size = self.batch_size(stage)
         seed_everything(cfg.seed, "epoch", stage_idx, epoch)
         g = generator(cfg.seed, "sampler", stage_idx, epoch)
         order = torch.randperm(len(self.inputs), generator=g)
@@ -243,12 +254,12 @@ class JointTrainer:
         counts: dict[str, int] = {}
         n_batches = 0
         alt_state = {"branch": "sasrec", "steps": 0, "best": None, "stale": 0}
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"{stage} e{epoch}", leave=False,
+        bar = tqdm(range(0, len(order), batch_size), desc=f"{stage} e{epoch}", leave=False,
                    disable=not self.progress)
         grad_norms = []
         for start in bar:
             self._set_lr(global_step, total_steps)
-            idx = order[start:start + cfg.batch_size]
+            idx = order[start:start + batch_size]
             seq, tgt, users = self.inputs[idx], self.targets[idx], self.window_users[idx]
             losses, opts = self._step_losses(stage, global_step, users, seq, tgt, g, alt_state)
             total = self._total(losses)
@@ -321,7 +332,7 @@ class JointTrainer:
         for stage_idx in range(start_stage, len(cfg.stages)):
             stage = cfg.stages[stage_idx]
             self._set_trainable(stage)
-            n_batches = math.ceil(len(self.inputs) / cfg.batch_size)
+            n_batches = math.ceil(len(self.inputs) / self.batch_size(stage))
             total = n_batches * cfg.epochs_per_stage
             if stage_idx == start_stage and state:
                 best, best_epoch, bad_epochs, stage_t = state["best"], state["best_epoch"], state["bad"], state["t"]
@@ -367,6 +378,10 @@ class JointTrainer:
             self.model.load_state_dict(ck["model"])
             result.stages.append(StageResult(stage, epoch + 1, best_epoch, best, stopped, round(stage_t, 2)))
             state = {}
+        if cfg.fusion_weight_selection == "validation":
+            from ur4rec.evaluation.ablations import select_fusion_weight
+
+            result.fusion_selection = select_fusion_weight(self.model, self.data, cfg)
         result.skipped_steps = self.skipped_steps
         result.seconds = time.perf_counter() - t0
         save_checkpoint(self.run_dir / "final.pt", self._payload(stage="final", result=result.to_dict()))
