@@ -1,11 +1,13 @@
-"""Fusion-weight ablation on trained default runs: how much text-branch weight helps or hurts.
+"""Ablation on trained default runs: each stage checkpoint × fusion weight, valid and test.
 
-    python bench/fusion_sweep.py --seeds-dir runs/seeds-full [--json]
+    python bench/fusion_sweep.py --seeds-dir runs/seeds-v2 [--json]
 
-For each seed's run (from `ur4rec evaluate --seeds K`), the fused model's full-ranking NDCG@10
-(two-stage) on validation and test for retriever weights 0 … 1 (``ur4rec.evaluation.ablations``);
-the weight is picked on validation per seed, and its test NDCG@10 is compared with weight 0
-(SASRec's ranking exactly).
+For each seed's run (from `ur4rec evaluate --seeds K`) and each stage's best checkpoint from
+pretrain_retriever on (pretrain_retriever = both branches trained alone; joint_finetune and
+end_to_end = jointly trained), the fused model's full-ranking NDCG@10 (two-stage) on validation and
+test for retriever weights 0 … 1 (``ur4rec.evaluation.ablations.fusion_weight_sweep``). Weight 0 on
+the pretrain_retriever checkpoint is SASRec alone. The pair picked on validation (what
+``final_model_selection: validation`` ships) is compared with SASRec alone on test.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa:
 from ur4rec.training.run import build_workspace  # noqa: E402
 
 
+STAGES = ("pretrain_retriever", "joint_finetune", "end_to_end")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds-dir", required=True)
@@ -37,27 +42,40 @@ def main() -> None:
     for run_dir in sorted(Path(args.seeds_dir).glob("seed-*")):
         cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
         ws = build_workspace(cfg)
-        ck = load_checkpoint(run_dir / "final.pt", run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint))
-        ws.model.load_state_dict(ck["model"])
-        table = fusion_weight_sweep(ws.model, ws.data, cfg)
-        per_seed[cfg.seed] = table.reset_index().to_dict(orient="records")
-        best = table["valid ndcg@10"].idxmax()
-        picked[cfg.seed] = {"weight": float(best), "test ndcg@10": float(table.loc[best, "test ndcg@10"]),
-                            "test ndcg@10 at weight 0 (SASRec)": float(table.loc[0.0, "test ndcg@10"])}
+        fp = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
+        rows = []
+        for stage in STAGES:
+            ws.model.load_state_dict(load_checkpoint(run_dir / f"best-{stage}.pt", fp)["model"])
+            table = fusion_weight_sweep(ws.model, ws.data, cfg, weights=cfg.fusion_weight_grid)
+            rows += [{"stage": stage, **r} for r in table.drop(columns="picked on valid").reset_index()
+                     .to_dict(orient="records")]
+        per_seed[cfg.seed] = rows
+        best = max(rows, key=lambda r: r["valid ndcg@10"])  # first max: earlier stage, smaller weight
+        alone = next(r for r in rows if r["stage"] == "pretrain_retriever" and r["retriever_weight"] == 0.0)
+        picked[cfg.seed] = {"stage": best["stage"], "weight": best["retriever_weight"],
+                            "valid ndcg@10": best["valid ndcg@10"], "test ndcg@10": best["test ndcg@10"],
+                            "test ndcg@10 SASRec alone": alone["test ndcg@10"]}
         print(cfg.seed, picked[cfg.seed], file=sys.stderr, flush=True)
     result = {"seeds_dir": args.seeds_dir, "per_seed": per_seed, "picked_on_valid": picked}
-    weights = [r["retriever_weight"] for r in next(iter(per_seed.values()))]
-    md = ["# Fusion-weight ablation (weighted fusion, trained default runs, full ranking, two-stage)", "",
-          "Mean over seeds " + ", ".join(map(str, per_seed)) + " of NDCG@10 for each retriever weight "
-          "(0 = SASRec's ranking exactly; the models were trained with 0.5).", "",
-          "| retriever weight | valid NDCG@10 | test NDCG@10 |", "|---:|---:|---:|"]
-    for i, w in enumerate(weights):
-        v = sum(rows[i]["valid ndcg@10"] for rows in per_seed.values()) / len(per_seed)
-        t = sum(rows[i]["test ndcg@10"] for rows in per_seed.values()) / len(per_seed)
-        md.append(f"| {w:g} | {v:.4f} | {t:.4f} |")
-    md += ["", "Weight picked on validation, per seed: " + "; ".join(
-        f"seed {s}: w = {p['weight']:g}, test {p['test ndcg@10']:.4f} vs SASRec {p['test ndcg@10 at weight 0 (SASRec)']:.4f}"
-        for s, p in picked.items()) + ".", ""]
+    first = next(iter(per_seed.values()))
+    keys = [(r["stage"], r["retriever_weight"]) for r in first]
+    weights = sorted({w for _, w in keys})
+    md = ["# Stage checkpoint × fusion weight (trained default runs, full ranking, two-stage, NDCG@10)", "",
+          "Mean over seeds " + ", ".join(map(str, per_seed)) + " of valid / test NDCG@10. Rows: retriever weight "
+          "(0 = SASRec's ranking of that checkpoint; on pretrain_retriever, SASRec alone). Columns: the stage's best "
+          "checkpoint (pretrain_retriever = branches trained alone).", "",
+          "| retriever weight | " + " | ".join(STAGES) + " |", "|---:|" + "---:|" * len(STAGES)]
+    for w in weights:
+        cells = []
+        for stage in STAGES:
+            i = keys.index((stage, w))
+            v = sum(rows[i]["valid ndcg@10"] for rows in per_seed.values()) / len(per_seed)
+            t = sum(rows[i]["test ndcg@10"] for rows in per_seed.values()) / len(per_seed)
+            cells.append(f"{v:.4f} / {t:.4f}")
+        md.append(f"| {w:g} | " + " | ".join(cells) + " |")
+    md += ["", "Picked on validation, per seed (what final_model_selection: validation ships): " + "; ".join(
+        f"seed {s}: {p['stage']}, w = {p['weight']:g}, test {p['test ndcg@10']:.4f} vs SASRec alone "
+        f"{p['test ndcg@10 SASRec alone']:.4f}" for s, p in picked.items()) + ".", ""]
     publish("fusion_sweep", result, md, args.json)
 
 

@@ -263,38 +263,49 @@ def test_recbole_protocol_ranks_known_items_and_ours_excludes_them(small) -> Non
     assert (ours.ranks == 1).all() and (recbole.ranks == 2).all()
 
 
-def test_fusion_weight_chosen_on_validation_is_stored_in_the_final_model(small, tmp_path: Path) -> None:
-    """fusion_weight_selection: validation picks the grid's best validation NDCG@10 (ties: the
-    smaller weight), stores it in final.pt, and evaluation ranks with it."""
+def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path: Path) -> None:
+    """final_model_selection: validation keeps the (stage checkpoint, retriever weight) pair with the
+    best validation NDCG@10 (ties: earlier stage, smaller weight), in final.pt; evaluation ranks with it."""
     from ur4rec.evaluation.ablations import fusion_weight_sweep
     from ur4rec.evaluation.evaluate import evaluate_run
     from ur4rec.training.checkpoint import run_fingerprint
 
     grid = [0.0, 0.3, 1.0]
-    ws = small(fusion_weight_selection="validation", fusion_weight_grid=grid, sampled_negatives=10)
+    opts = {"final_model_selection": "validation", "fusion_weight_grid": grid, "sampled_negatives": 10}
+    ws = small(**opts)
     result, _ = train(ws.cfg, tmp_path / "sel", workspace=ws, progress=False)
-    chosen = result.fusion_selection
-    table = fusion_weight_sweep(ws.model, ws.data, ws.cfg, weights=grid, splits=("valid",))["valid ndcg@10"]
-    best = min(w for w in grid if table[w] == table.max())
-    assert chosen["retriever_weight"] == best
-    assert chosen["valid_ndcg@10"] == pytest.approx({str(w): table[w] for w in grid})
-    final = load_checkpoint(tmp_path / "sel" / "final.pt",
-                            run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint))
-    assert torch.allclose(final["model"]["fixed_weights"], torch.tensor([1.0 - best, best]))
-    assert final["result"]["fusion_selection"]["retriever_weight"] == best
-    results = evaluate_run(tmp_path / "sel", workspace=small(fusion_weight_selection="validation", sampled_negatives=10,
-                                                             fusion_weight_grid=grid))
-    assert results["full"]["valid"]["ur4rec"]["metrics"]["ndcg@10"] == pytest.approx(table[best])
-    assert f"retriever {best:.2f} (chosen on validation)" in results["models"]["ur4rec"]
+    fp = run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint)
+    # recompute every (stage, weight) score independently
+    scores = {}
+    for stage in ws.cfg.stages:
+        ws.model.load_state_dict(load_checkpoint(tmp_path / "sel" / f"best-{stage}.pt", fp)["model"])
+        table = fusion_weight_sweep(ws.model, ws.data, ws.cfg, weights=grid, splits=("valid",))["valid ndcg@10"]
+        scores |= {(stage, w): table[w] for w in grid}
+    best = max(scores.values())
+    stage, weight = next(k for k, v in scores.items() if v == best)  # dict order: stage order, then weight
+    chosen = result.final_selection
+    assert (chosen["stage"], chosen["retriever_weight"]) == (stage, weight)
+    assert chosen["valid_ndcg@10"] == pytest.approx(best)
+    assert chosen["table"]["pretrain_retriever"]["0.0"] == pytest.approx(scores[("pretrain_retriever", 0.0)])
+    final = load_checkpoint(tmp_path / "sel" / "final.pt", fp)
+    chosen_state = load_checkpoint(tmp_path / "sel" / f"best-{stage}.pt", fp)["model"]
+    assert torch.allclose(final["model"]["fixed_weights"], torch.tensor([1.0 - weight, weight]))
+    assert all(torch.equal(final["model"][k], v) for k, v in chosen_state.items() if k != "fixed_weights")
+    results = evaluate_run(tmp_path / "sel", workspace=small(**opts))
+    assert results["full"]["valid"]["ur4rec"]["metrics"]["ndcg@10"] == pytest.approx(best)
+    assert results["final_selection"]["stage"] == stage
+    assert f"the {stage} checkpoint" in results["models"]["ur4rec"]
+    # at weight 0 the pretrain_retriever checkpoint is SASRec alone: the final model is never worse on validation
+    assert best >= results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"] - 1e-9
 
 
-def test_selection_of_fusion_weights_needs_weighted_fusion(tmp_cfg) -> None:
+def test_fusion_weight_grid_is_validated(tmp_cfg) -> None:
     from ur4rec.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="fusion_weight_selection"):
-        tmp_cfg(fusion_method="learned", fusion_weight_selection="validation")
     with pytest.raises(ConfigError, match="fusion_weight_grid"):
         tmp_cfg(fusion_weight_grid=[0.0, 1.5])
+    with pytest.raises(ConfigError, match="final_model_selection"):
+        tmp_cfg(final_model_selection="best")
 
 
 def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_path: Path) -> None:

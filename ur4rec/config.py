@@ -118,12 +118,14 @@ class Config(BaseModel):
     fusion_method: Literal["weighted", "learned", "adaptive"] = "weighted"
     sasrec_weight: float = Field(0.5, ge=0)
     retriever_weight: float = Field(0.5, ge=0)
-    #: "fixed": the final model fuses with sasrec_weight/retriever_weight as trained.
-    #: "validation": after the last stage, the retriever weight w (fused = (1-w) SASRec + w
-    #: retriever, spreads normalised) is chosen on validation NDCG@10 from fusion_weight_grid and
-    #: stored in the final model; w = 0 (SASRec's ranking) is always a candidate, so the text
-    #: branch gets weight only where validation says it helps. Needs fusion_method: weighted.
-    fusion_weight_selection: Literal["fixed", "validation"] = "fixed"
+    #: Which model final.pt holds. "last_stage": the last stage's best checkpoint, fused with
+    #: sasrec_weight/retriever_weight. "validation": every stage's best checkpoint, fused with every
+    #: retriever weight w in fusion_weight_grid (fused = (1-w) SASRec + w retriever, spreads
+    #: normalised; weighted fusion only, the other methods keep their own weights), is scored on
+    #: validation NDCG@10 and the best pair is kept. The pretrain_retriever checkpoint at w = 0 is
+    #: SASRec alone, so the text branch and the joint stages are kept only where validation says
+    #: they help. Test is never looked at.
+    final_model_selection: Literal["last_stage", "validation"] = "last_stage"
     fusion_weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
 
     # ---- training (original keys + loss choices) ---------------------------------------------
@@ -217,11 +219,6 @@ class Config(BaseModel):
         if self.train_window_stride is not None and self.train_window_stride > self.max_seq_len:
             raise ValueError(
                 f"train_window_stride ({self.train_window_stride}) must be at most max_seq_len ({self.max_seq_len})"
-            )
-        if self.fusion_weight_selection == "validation" and self.fusion_method != "weighted":
-            raise ValueError(
-                f"fusion_weight_selection: validation chooses the weights of fusion_method: weighted; "
-                f"fusion_method {self.fusion_method!r} learns its own (set fusion_weight_selection: fixed)"
             )
         return self
 

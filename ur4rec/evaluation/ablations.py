@@ -5,12 +5,13 @@ The fused score is ``(1 - w) * SASRec / spread_s + w * retriever / spread_r`` (w
 running spreads as trained); ``w = 0`` is SASRec's ranking exactly (a built-in check) and ``w = 1``
 the retriever's inside SASRec's top-R. A weight must be chosen on validation; the test column is
 shown for the weight validation picks, never chosen from. ``select_fusion_weight`` makes that choice
-for a run (``fusion_weight_selection: validation``).
+for a run, together with the stage checkpoint (``select_final_model``, ``final_model_selection:
+validation``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -52,15 +53,37 @@ def fusion_weight_sweep(model: torch.nn.Module, data: PreparedData, cfg: Config,
     return table
 
 
-def select_fusion_weight(model: torch.nn.Module, data: PreparedData, cfg: Config) -> dict[str, Any]:
-    """Choose the retriever weight on validation NDCG@10 from ``cfg.fusion_weight_grid`` and store
-    ``(1 - w, w)`` in ``model.fixed_weights``. Ties go to the smaller weight (SASRec's ranking when
-    the text branch adds nothing). Test is never looked at. Returns what was chosen and the grid."""
-    table = fusion_weight_sweep(model, data, cfg, weights=cfg.fusion_weight_grid, splits=("valid",))
-    scores = table["valid ndcg@10"]
-    best = float(scores[scores == scores.max()].index.min())
-    model.fixed_weights.copy_(torch.tensor([1.0 - best, best]))
-    return {"retriever_weight": best, "sasrec_weight": 1.0 - best, "metric": "valid ndcg@10",
-            "valid_ndcg@10": {str(w): float(v) for w, v in scores.items()},
-            "gain_over_sasrec_ranking": float(scores[best] - scores[0.0]) if 0.0 in scores.index else None}
+def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
+                       checkpoints: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Any]:
+    """Load into ``model`` the (stage checkpoint, retriever weight) pair with the best validation
+    NDCG@10 of the fused model (two-stage) and return what was compared and chosen.
 
+    ``checkpoints`` maps stage name -> model state dict, in stage order. Weighted fusion tries every
+    weight of ``cfg.fusion_weight_grid``; learned/adaptive fusion keep their own weights. Ties go to
+    the earlier stage and the smaller weight (the simpler model). Test is never looked at.
+    """
+    weighted = model.fusion_method == "weighted"
+    table: dict[str, dict[str, float]] = {}
+    best: tuple[float, str, float | None] | None = None
+    for stage, state in checkpoints.items():
+        model.load_state_dict(state)
+        if weighted:
+            scores = fusion_weight_sweep(model, data, cfg, weights=cfg.fusion_weight_grid, splits=("valid",))
+            row = {float(w): float(v) for w, v in scores["valid ndcg@10"].items()}
+        else:
+            model.eval()
+            with torch.no_grad():
+                row = {None: evaluate_full_ranking(per_pair_scorer(model, "fused", cfg.rerank_top_r), data, "valid",
+                                                   cfg.max_seq_len, ks=[10]).summary["ndcg@10"]}
+        table[stage] = {str(w): v for w, v in row.items()}
+        for w, v in row.items():
+            if best is None or v > best[0]:
+                best = (v, stage, w)
+    if best is None:
+        raise ValueError("select_final_model needs at least one checkpoint")
+    value, stage, weight = best
+    model.load_state_dict(checkpoints[stage])
+    if weight is not None:
+        model.fixed_weights.copy_(torch.tensor([1.0 - weight, weight]))
+    return {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value, "metric": "valid ndcg@10 (fused)",
+            "table": table}

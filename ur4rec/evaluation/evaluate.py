@@ -148,19 +148,22 @@ def breakdowns(result: EvalResult, data: PreparedData, split: Split, metric: str
     return pd.DataFrame(rows, columns=["breakdown", "group", "users", metric])
 
 
-def describe_fused(model: torch.nn.Module | None, cfg: Config) -> str:
-    """What the ``ur4rec`` entry is, with the fusion weights it ranked with."""
-    text = "the final model (after every stage)"
+def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[str, Any] | None = None) -> str:
+    """What the ``ur4rec`` entry is: which checkpoint, and the fusion weights it ranked with."""
+    if selection:
+        text = (f"the final model: the {selection['stage']} checkpoint, chosen with its retriever weight as the "
+                "best pair on validation (final_model_selection)")
+    else:
+        text = "the final model (the last stage's best checkpoint)"
     if model is None or getattr(model, "fusion_method", None) != "weighted":
         return text
     s, r = (float(x) for x in model.fixed_weights)
-    how = "chosen on validation" if cfg.fusion_weight_selection == "validation" else "fixed by the config"
-    return f"{text}; weighted fusion, SASRec {s:.2f} / retriever {r:.2f} ({how})"
+    return f"{text}; weighted fusion, SASRec {s:.2f} / retriever {r:.2f}"
 
 
 def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | None,
                     splits: tuple[Split, ...] = ("valid", "test"),
-                    alone: torch.nn.Module | None = None) -> dict[str, Any]:
+                    alone: torch.nn.Module | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"users_evaluated": data.num_users, "full": {}, "sampled": {},
                            "protocol": {"full": "full ranking over the catalogue, known items excluded, ties count "
                                                 "against the target; ur4rec/retriever two-stage (SASRec top-"
@@ -168,7 +171,8 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
                                         "sampled": f"{cfg.sampled_negatives} {cfg.sampled_strategy} negatives per "
                                                    "user drawn once (fixed seed), identical for all models"},
                            "seconds": {}, "paired_test": {},
-                           "models": {"ur4rec": describe_fused(model, cfg),
+                           "final_selection": selection,
+                           "models": {"ur4rec": describe_fused(model, cfg, selection),
                                       "sasrec": "SASRec trained alone (best pretrain_sasrec checkpoint)" if alone
                                       is not None else "the final model's SASRec branch",
                                       "retriever": "the retriever trained alone on frozen SASRec (best "
@@ -236,6 +240,7 @@ def two_stage_vs_exact(results: dict[str, Any]) -> pd.DataFrame:
 
 def to_markdown(results: dict[str, Any]) -> str:
     lines = ["# Evaluation", "", f"Users evaluated: {results['users_evaluated']} (every user).", ""]
+    lines += [f"- `{name}`: {what}" for name, what in results.get("models", {}).items()] + [""]
     for protocol in ("full", "sampled"):
         label = "Full ranking (primary)" if protocol == "full" else "Sampled (labelled extra, not comparable)"
         for split in results[protocol]:
@@ -279,7 +284,8 @@ def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False, workspace: A
     ws.model.load_state_dict(ck["model"])
     alone = load_alone_model(run_dir, ws.model, expected, allow_mismatch)
     t0 = time.perf_counter()
-    results = evaluate_models(cfg, ws.data, ws.model, alone=alone)
+    selection = (ck.get("result") or {}).get("final_selection")
+    results = evaluate_models(cfg, ws.data, ws.model, alone=alone, selection=selection)
     results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     write_results(run_dir, results)
     results["_alone"] = alone  # for notebooks (the explorer's SASRec and retriever); never written

@@ -92,7 +92,21 @@ def aggregate(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
                         .get("p_value") for s in seeds]
             out["fused_minus_sasrec"][split] = _mean_std(diffs) | {
                 "metric": "ndcg@10", "seeds_where_fused_wins": sum(d > 0 for d in diffs), "p_values": p_values}
+    out["final_selection"] = {s: {k: v for k, v in (per_seed[s].get("final_selection") or {}).items() if k != "table"}
+                              or None for s in seeds}
     return out
+
+
+def _selection_sentence(summary: dict[str, Any]) -> list[str]:
+    chosen = summary.get("final_selection") or {}
+    if not any(chosen.values()):
+        return []
+    parts = [f"seed {s}: {c['stage']} checkpoint, retriever weight {c['retriever_weight']}" if c else
+             f"seed {s}: last stage" for s, c in chosen.items()]
+    lines = ["Final model per seed (stage checkpoint × retriever weight, chosen on validation): " + "; ".join(parts) + "."]
+    if all(c and c.get("retriever_weight") == 0.0 and c.get("stage") == "pretrain_retriever" for c in chosen.values()):
+        lines.append("On every seed validation gave the text branch weight 0: the fused model is SASRec alone.")
+    return lines + [""]
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
@@ -100,6 +114,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
     lines = [f"# Evaluation over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
              f"Full ranking, {summary['users_evaluated']} users per seed; {summary['protocol']}.",
              "Mean ± sample std over seeds; per-seed values in seeds.json.", ""]
+    lines += _selection_sentence(summary)
     for split, models in summary["full"].items():
         lines += [f"## {split}", "", "| model | " + " | ".join(SUMMARY_METRICS) + " |",
                   "|---" * (len(SUMMARY_METRICS) + 1) + "|"]

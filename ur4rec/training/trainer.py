@@ -10,8 +10,10 @@ per-pair models two-stage, as in evaluation) and the best checkpoint reloaded be
   the branch's loss stops improving by ``adaptive_switch_threshold`` after ``adaptive_min_steps``).
 - ``end_to_end``: everything, fused loss + both branch losses (optionally uncertainty-weighted).
 
-After the last stage, ``fusion_weight_selection: validation`` chooses the retriever's fusion weight
-on validation (``ur4rec.evaluation.ablations.select_fusion_weight``) and stores it in the final model.
+``final.pt`` holds the last stage's best checkpoint, or with ``final_model_selection: validation``
+the (stage checkpoint, fusion weight) pair with the best validation NDCG@10 of the fused model
+(``ur4rec.evaluation.ablations.select_final_model``): a joint stage that made the fused model worse
+than its pretrained branches is not shipped.
 
 ``pretrain_sasrec`` steps over ``sasrec_batch_size`` windows (default ``batch_size``); the other
 stages over ``batch_size``.
@@ -69,12 +71,12 @@ class TrainResult:
     stages: list[StageResult] = field(default_factory=list)
     skipped_steps: int = 0
     seconds: float = 0.0
-    #: ``select_fusion_weight``'s record when fusion_weight_selection is "validation"
-    fusion_selection: dict[str, Any] | None = None
+    #: ``select_final_model``'s record when final_model_selection is "validation"
+    final_selection: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "skipped_steps": self.skipped_steps, "seconds": round(self.seconds, 2),
-                "stages": [vars(s) for s in self.stages], "fusion_selection": self.fusion_selection}
+                "stages": [vars(s) for s in self.stages], "final_selection": self.final_selection}
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -378,10 +380,11 @@ class JointTrainer:
             self.model.load_state_dict(ck["model"])
             result.stages.append(StageResult(stage, epoch + 1, best_epoch, best, stopped, round(stage_t, 2)))
             state = {}
-        if cfg.fusion_weight_selection == "validation":
-            from ur4rec.evaluation.ablations import select_fusion_weight
+        if cfg.final_model_selection == "validation":
+            from ur4rec.evaluation.ablations import select_final_model
 
-            result.fusion_selection = select_fusion_weight(self.model, self.data, cfg)
+            states = {s: load_checkpoint(self.run_dir / f"best-{s}.pt", self.fingerprint)["model"] for s in cfg.stages}
+            result.final_selection = select_final_model(self.model, self.data, cfg, states)
         result.skipped_steps = self.skipped_steps
         result.seconds = time.perf_counter() - t0
         save_checkpoint(self.run_dir / "final.pt", self._payload(stage="final", result=result.to_dict()))
