@@ -265,19 +265,20 @@ def test_recbole_protocol_ranks_known_items_and_ours_excludes_them(small) -> Non
 
 def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path: Path) -> None:
     """final_model_selection: validation keeps the (stage checkpoint, retriever weight) pair with the
-    best validation NDCG@10 (ties: earlier stage, smaller weight), in final.pt; evaluation ranks with it."""
+    best validation NDCG@10 (ties: earlier stage, smaller weight; pretrain_sasrec's untrained retriever
+    is not a candidate) in final.pt, and evaluation ranks with it. final_model_alpha: 1 takes it as is."""
     from ur4rec.evaluation.ablations import fusion_weight_sweep
     from ur4rec.evaluation.evaluate import evaluate_run
     from ur4rec.training.checkpoint import run_fingerprint
 
     grid = [0.0, 0.3, 1.0]
-    opts = {"final_model_selection": "validation", "fusion_weight_grid": grid, "sampled_negatives": 10}
+    opts = {"final_model_selection": "validation", "fusion_weight_grid": grid, "sampled_negatives": 10,
+            "final_model_alpha": 1.0}
     ws = small(**opts)
     result, _ = train(ws.cfg, tmp_path / "sel", workspace=ws, progress=False)
     fp = run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint)
-    # recompute every (stage, weight) score independently
-    scores = {}
-    for stage in ws.cfg.stages:
+    scores = {}  # every (stage, weight), recomputed independently
+    for stage in ws.cfg.stages[1:]:
         ws.model.load_state_dict(load_checkpoint(tmp_path / "sel" / f"best-{stage}.pt", fp)["model"])
         table = fusion_weight_sweep(ws.model, ws.data, ws.cfg, weights=grid, splits=("valid",))["valid ndcg@10"]
         scores |= {(stage, w): table[w] for w in grid}
@@ -286,6 +287,7 @@ def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path:
     chosen = result.final_selection
     assert (chosen["stage"], chosen["retriever_weight"]) == (stage, weight)
     assert chosen["valid_ndcg@10"] == pytest.approx(best)
+    assert "pretrain_sasrec" not in chosen["table"]
     assert chosen["table"]["pretrain_retriever"]["0.0"] == pytest.approx(scores[("pretrain_retriever", 0.0)])
     final = load_checkpoint(tmp_path / "sel" / "final.pt", fp)
     chosen_state = load_checkpoint(tmp_path / "sel" / f"best-{stage}.pt", fp)["model"]
@@ -295,8 +297,34 @@ def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path:
     assert results["full"]["valid"]["ur4rec"]["metrics"]["ndcg@10"] == pytest.approx(best)
     assert results["final_selection"]["stage"] == stage
     assert f"the {stage} checkpoint" in results["models"]["ur4rec"]
-    # at weight 0 the pretrain_retriever checkpoint is SASRec alone: the final model is never worse on validation
-    assert best >= results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"] - 1e-9
+    # at weight 0 the pretrain_retriever checkpoint is SASRec alone: never worse than it on validation
+    assert scores[("pretrain_retriever", 0.0)] == pytest.approx(results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"])
+    assert best >= scores[("pretrain_retriever", 0.0)]
+
+
+def test_final_model_keeps_sasrec_alone_unless_validation_gain_is_significant(small, tmp_path: Path) -> None:
+    from ur4rec.evaluation.ablations import select_final_model
+    from ur4rec.evaluation.protocol import evaluate_full_ranking
+    from ur4rec.evaluation.scoring import per_pair_scorer, sasrec_scorer
+    from ur4rec.training.checkpoint import run_fingerprint
+
+    grid = [0.0, 0.3, 1.0]
+    ws = small(final_model_selection="validation", fusion_weight_grid=grid, final_model_alpha=1.0)
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False)
+    fp = run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint)
+    states = {s: load_checkpoint(tmp_path / "r" / f"best-{s}.pt", fp)["model"] for s in ws.cfg.stages}
+    loose = select_final_model(ws.model, ws.data, ws.cfg, states)
+    assert (loose["stage"], loose["retriever_weight"]) != ("pretrain_retriever", 0.0), "needs a non-baseline winner"
+    test = loose["paired_test_vs_baseline"]
+    assert test["baseline"] == {"stage": "pretrain_retriever", "retriever_weight": 0.0}
+    # no permutation p-value can be below 1e-6 (10,000 permutations): the baseline must be kept
+    strict = select_final_model(ws.model, ws.data, ws.cfg.model_copy(update={"final_model_alpha": 1e-6}), states)
+    assert (strict["stage"], strict["retriever_weight"]) == ("pretrain_retriever", 0.0)
+    assert strict["best_on_validation"] == loose["best_on_validation"]
+    fused = evaluate_full_ranking(per_pair_scorer(ws.model, "fused", ws.cfg.rerank_top_r), ws.data, "valid",
+                                  ws.cfg.max_seq_len, ks=[10])
+    alone = evaluate_full_ranking(sasrec_scorer(ws.model), ws.data, "valid", ws.cfg.max_seq_len, ks=[10])
+    assert (fused.ranks == alone.ranks).all()  # the shipped model ranks exactly as SASRec alone
 
 
 def test_fusion_weight_grid_is_validated(tmp_cfg) -> None:

@@ -119,13 +119,19 @@ class Config(BaseModel):
     sasrec_weight: float = Field(0.5, ge=0)
     retriever_weight: float = Field(0.5, ge=0)
     #: Which model final.pt holds. "last_stage": the last stage's best checkpoint, fused with
-    #: sasrec_weight/retriever_weight. "validation": every stage's best checkpoint, fused with every
-    #: retriever weight w in fusion_weight_grid (fused = (1-w) SASRec + w retriever, spreads
-    #: normalised; weighted fusion only, the other methods keep their own weights), is scored on
-    #: validation NDCG@10 and the best pair is kept. The pretrain_retriever checkpoint at w = 0 is
-    #: SASRec alone, so the text branch and the joint stages are kept only where validation says
-    #: they help. Test is never looked at.
+    #: sasrec_weight/retriever_weight. "validation": every stage's best checkpoint from
+    #: pretrain_retriever on, fused with every retriever weight w in fusion_weight_grid (fused =
+    #: (1-w) SASRec + w retriever, spreads normalised; weighted fusion only, the other methods keep
+    #: their own weights), is scored on validation NDCG@10 and the best pair is kept if it beats
+    #: SASRec alone (the pretrain_retriever checkpoint at w = 0) significantly (final_model_alpha):
+    #: the text branch and the joint stages are kept only where validation says they help.
+    #: Test is never looked at (ur4rec.evaluation.ablations.select_final_model).
     final_model_selection: Literal["last_stage", "validation"] = "last_stage"
+    #: With final_model_selection: validation, the best pair replaces SASRec alone (the
+    #: pretrain_retriever checkpoint at weight 0) only if a paired permutation test over validation
+    #: users finds it better at this level: the maximum of many noisy validation scores overstates
+    #: the winner. 1.0 takes the best pair whatever the test says.
+    final_model_alpha: float = Field(0.05, gt=0, le=1)
     fusion_weight_grid: list[float] = Field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0])
 
     # ---- training (original keys + loss choices) ---------------------------------------------

@@ -53,28 +53,50 @@ def fusion_weight_sweep(model: torch.nn.Module, data: PreparedData, cfg: Config,
     return table
 
 
+def _valid_ndcg_per_user(model: torch.nn.Module, data: PreparedData, cfg: Config, weight: float | None):
+    """Per-user validation NDCG@10 of the fused model (two-stage), at ``weight`` if given."""
+    model.eval()
+    saved = model.fixed_weights.clone()
+    try:
+        if weight is not None:
+            model.fixed_weights.copy_(torch.tensor([1.0 - weight, weight]))
+        with torch.no_grad():
+            res = evaluate_full_ranking(per_pair_scorer(model, "fused", cfg.rerank_top_r), data, "valid",
+                                        cfg.max_seq_len, ks=[10])
+    finally:
+        model.fixed_weights.copy_(saved)
+    return res.per_user["ndcg@10"]
+
+
 def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
                        checkpoints: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, Any]:
-    """Load into ``model`` the (stage checkpoint, retriever weight) pair with the best validation
-    NDCG@10 of the fused model (two-stage) and return what was compared and chosen.
+    """Load into ``model`` the (stage checkpoint, retriever weight) pair chosen on validation and
+    return what was compared and chosen.
 
-    ``checkpoints`` maps stage name -> model state dict, in stage order. Weighted fusion tries every
-    weight of ``cfg.fusion_weight_grid``; learned/adaptive fusion keep their own weights. Ties go to
-    the earlier stage and the smaller weight (the simpler model). Test is never looked at.
+    ``checkpoints`` maps stage name -> model state dict, in stage order; pretrain_sasrec's is left
+    out when others exist (its retriever is untrained: any "gain" from it is noise). Weighted
+    fusion tries every weight of ``cfg.fusion_weight_grid`` and 0; learned/adaptive fusion keep
+    their own weights. The best pair on validation NDCG@10 (ties: earlier stage, smaller weight)
+    must also beat the *baseline* — the first candidate at weight 0, i.e. SASRec alone with the
+    default stages — in a paired permutation test over validation users at level
+    ``cfg.final_model_alpha``; otherwise the baseline is kept. Picking the maximum of many noisy
+    validation scores overstates the winner; this keeps the text branch and the joint stages only
+    where validation shows a real gain. Test is never looked at.
     """
+    from ur4rec.evaluation.statistics import paired_permutation_test
+
+    candidates = {k: v for k, v in checkpoints.items() if k != "pretrain_sasrec"} or dict(checkpoints)
     weighted = model.fusion_method == "weighted"
+    weights = sorted(set(cfg.fusion_weight_grid) | {0.0}) if weighted else [None]
     table: dict[str, dict[str, float]] = {}
     best: tuple[float, str, float | None] | None = None
-    for stage, state in checkpoints.items():
+    for stage, state in candidates.items():
         model.load_state_dict(state)
         if weighted:
-            scores = fusion_weight_sweep(model, data, cfg, weights=cfg.fusion_weight_grid, splits=("valid",))
+            scores = fusion_weight_sweep(model, data, cfg, weights=weights, splits=("valid",))
             row = {float(w): float(v) for w, v in scores["valid ndcg@10"].items()}
         else:
-            model.eval()
-            with torch.no_grad():
-                row = {None: evaluate_full_ranking(per_pair_scorer(model, "fused", cfg.rerank_top_r), data, "valid",
-                                                   cfg.max_seq_len, ks=[10]).summary["ndcg@10"]}
+            row = {None: float(_valid_ndcg_per_user(model, data, cfg, None).mean())}
         table[stage] = {str(w): v for w, v in row.items()}
         for w, v in row.items():
             if best is None or v > best[0]:
@@ -82,8 +104,20 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
     if best is None:
         raise ValueError("select_final_model needs at least one checkpoint")
     value, stage, weight = best
-    model.load_state_dict(checkpoints[stage])
+    record: dict[str, Any] = {"metric": "valid ndcg@10 (fused, two-stage)", "table": table,
+                              "best_on_validation": {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value}}
+    baseline = next(iter(candidates))
+    if weighted and (stage, weight) != (baseline, 0.0):
+        model.load_state_dict(candidates[stage])
+        chosen = _valid_ndcg_per_user(model, data, cfg, weight)
+        model.load_state_dict(candidates[baseline])
+        base = _valid_ndcg_per_user(model, data, cfg, 0.0)
+        test = paired_permutation_test(chosen, base, seed=cfg.seed)
+        record["paired_test_vs_baseline"] = test | {"alpha": cfg.final_model_alpha,
+                                                    "baseline": {"stage": baseline, "retriever_weight": 0.0}}
+        if not (test["mean_difference"] > 0 and test["p_value"] < cfg.final_model_alpha):
+            stage, weight, value = baseline, 0.0, table[baseline]["0.0"]
+    model.load_state_dict(candidates[stage])
     if weight is not None:
         model.fixed_weights.copy_(torch.tensor([1.0 - weight, weight]))
-    return {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value, "metric": "valid ndcg@10 (fused)",
-            "table": table}
+    return {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value, **record}
