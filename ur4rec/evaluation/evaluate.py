@@ -151,8 +151,17 @@ def breakdowns(result: EvalResult, data: PreparedData, split: Split, metric: str
 def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[str, Any] | None = None) -> str:
     """What the ``ur4rec`` entry is: which checkpoint, and the fusion weights it ranked with."""
     if selection:
-        text = (f"the final model: the {selection['stage']} checkpoint, chosen with its retriever weight as the "
-                "best pair on validation (final_model_selection)")
+        best, test = selection.get("best_on_validation", {}), selection.get("paired_test_vs_baseline")
+        kept = test is not None and (best.get("stage"), best.get("retriever_weight")) != (
+            selection["stage"], selection["retriever_weight"])
+        if kept:
+            text = (f"the final model: the {selection['stage']} checkpoint at retriever weight 0 (SASRec's ranking), kept "
+                    f"because the best pair on validation ({best['stage']}, retriever weight {best['retriever_weight']}, "
+                    f"{test['mean_difference']:+.4f}) was not significantly better (paired test p = "
+                    f"{test['p_value']:.3f}, alpha {test['alpha']})")
+        else:
+            text = (f"the final model: the {selection['stage']} checkpoint with its retriever weight, the best pair "
+                    "on validation (final_model_selection)")
     else:
         text = "the final model (the last stage's best checkpoint)"
     if model is None or getattr(model, "fusion_method", None) != "weighted":
