@@ -11,9 +11,10 @@ per-pair models two-stage, as in evaluation) and the best checkpoint reloaded be
 - ``end_to_end``: everything, fused loss + both branch losses (optionally uncertainty-weighted).
 
 ``final.pt`` holds the last stage's best checkpoint, or with ``final_model_selection: validation``
-the (stage checkpoint, fusion weight) pair with the best validation NDCG@10 of the fused model
-(``ur4rec.evaluation.ablations.select_final_model``): a joint stage that made the fused model worse
-than its pretrained branches is not shipped.
+the (stage checkpoint, fusion weight) pair with the best validation NDCG@10 of the fused model if it
+beats SASRec alone in a paired test over validation users, else SASRec alone
+(``ur4rec.evaluation.ablations.select_final_model``): a joint stage or a text branch that does not
+help on validation is not shipped.
 
 ``pretrain_sasrec`` steps over ``sasrec_batch_size`` windows (default ``batch_size``); the other
 stages over ``batch_size``.
