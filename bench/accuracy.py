@@ -1,11 +1,12 @@
 """Peer comparison: RecBole 1.2.1's SASRec trained on exactly the workbench's split, beside our models.
 
-    python bench/accuracy.py [--json] [--run-dir R | --seeds-dir S] [--epochs N] [--stopping-step K]
+    python bench/accuracy.py [--json] [--run-dir R | --seeds-dir S] [--recbole-seeds K] [--epochs N]
+                             [--stopping-step K] [--reuse]
 
 1. Export the prepared ML-100K split (default config) as RecBole benchmark atomic files: one
    training row per target position (history = the previous ≤ 50 items), the validation row (training
    history → validation item) and the test row (training + validation history → test item).
-2. Train RecBole's SASRec on them in its own environment (``.bench-venv``; bench/recbole_accuracy.py)
+2. Train RecBole's SASRec on them (``--recbole-seeds K``: seeds 2020 … 2020+K-1, one run each) in its own environment (``.bench-venv``; bench/recbole_accuracy.py)
    and dump its catalogue scores for every user's validation and test history.
 3. Rank those scores with the workbench's protocol and metric code (known items excluded, ties
    against the target, every user), with the same bootstrap CIs, next to our models' numbers from
@@ -62,19 +63,35 @@ def export_split(data: PreparedData, folder: Path) -> dict[str, int]:
     return counts
 
 
-def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: int) -> tuple[dict, dict]:
+def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: int, seed: int) -> tuple[dict, dict]:
     py = venv / "bin" / "python"
     if not py.exists():
         raise SystemExit(f"{py} missing: run `make bench-env` first (RecBole needs its own environment)")
-    out = export_root / "recbole_scores.npz"
+    out = export_root / f"recbole_scores-{seed}.npz"
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="")
     proc = subprocess.run([str(py), str(ROOT / "bench" / "recbole_accuracy.py"), str(export_root), DATASET, str(out),
-                           str(epochs), str(stopping_step)], capture_output=True, text=True, env=env, cwd="/tmp",
-                          check=False)
+                           str(epochs), str(stopping_step), str(seed)], capture_output=True, text=True, env=env,
+                          cwd="/tmp", check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"RecBole run failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"RecBole run (seed {seed}) failed:\n{proc.stderr[-3000:]}")
     scores = np.load(out)
     return json.loads(proc.stdout.strip().splitlines()[-1]), {"valid": scores["valid"], "test": scores["test"]}
+
+
+def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict]]:
+    """seed -> (RecBole's run info, its catalogue scores), cached per seed in bench/.cache."""
+    runs = {}
+    for seed in range(2020, 2020 + args.recbole_seeds):
+        key = {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step, "seed": seed}
+        cached = export_root / f"result-{seed}.json"
+        if args.reuse and cached.is_file() and json.loads(cached.read_text())["key"] == key:
+            runs[seed] = (json.loads(cached.read_text())["info"], dict(np.load(export_root / f"recbole_scores-{seed}.npz")))
+        else:
+            runs[seed] = recbole_scores(export_root, Path(args.venv), args.epochs, args.stopping_step, seed)
+            atomic_write_json(cached, {"key": key, "info": runs[seed][0]})
+        print(f"RecBole seed {seed}: {runs[seed][0]['epochs_trained']} epochs, {runs[seed][0]['train_s']} s",
+              file=sys.stderr, flush=True)
+    return runs
 
 
 def ours(run_dir: Path | None, seeds_dir: Path | None) -> tuple[dict, str]:
@@ -95,8 +112,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--run-dir", default=None, help="a workbench run evaluated with `ur4rec evaluate`")
     ap.add_argument("--seeds-dir", default=None, help="a sweep from `ur4rec evaluate --seeds K`")
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--stopping-step", type=int, default=3)
+    ap.add_argument("--recbole-seeds", type=int, default=3, help="RecBole runs: seeds 2020 … 2020+K-1")
     ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
     ap.add_argument("--reuse", action="store_true",
                     help="reuse RecBole's scores from bench/.cache if they were made on the same split and settings")
@@ -106,21 +124,24 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     export_root = ROOT / "bench" / ".cache" / "recbole_accuracy"
-    key = {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step}
-    cached = export_root / "result.json"
     counts = export_split(data, export_root / DATASET)
-    if args.reuse and cached.is_file() and json.loads(cached.read_text())["key"] == key:
-        info = json.loads(cached.read_text())["info"]
-        scores = dict(np.load(export_root / "recbole_scores.npz"))
-    else:
-        info, scores = recbole_scores(export_root, Path(args.venv), args.epochs, args.stopping_step)
-        atomic_write_json(cached, {"key": key, "info": info})
-    recbole = {}
-    for split in ("valid", "test"):
-        matrix = torch.from_numpy(scores[split])
-        res = evaluate_full_ranking(lambda users, seq, m=matrix: m[users], data, split, cfg.max_seq_len,
-                                    ks=cfg.eval_ks)
-        recbole[split] = _entry(res, cfg.seed)
+    runs = recbole_runs(data, export_root, args)
+    per_seed = {}  # seed -> split -> entry (metrics + per-user bootstrap CI)
+    for seed, (_, scores) in runs.items():
+        per_seed[seed] = {}
+        for split in ("valid", "test"):
+            matrix = torch.from_numpy(scores[split])
+            res = evaluate_full_ranking(lambda users, seq, m=matrix: m[users], data, split, cfg.max_seq_len,
+                                        ks=cfg.eval_ks)
+            per_seed[seed][split] = _entry(res, cfg.seed)
+    seeds = sorted(per_seed)
+    recbole = {split: {m: {"mean": float(np.mean([per_seed[s][split]["metrics"][m] for s in seeds])),
+                           "std": float(np.std([per_seed[s][split]["metrics"][m] for s in seeds], ddof=1))
+                           if len(seeds) > 1 else 0.0,
+                           "values": [per_seed[s][split]["metrics"][m] for s in seeds],
+                           "ci95_per_seed": [per_seed[s][split]["ci95"][m] for s in seeds]}
+                       for m in METRICS} for split in ("valid", "test")}
+    info = {"seeds": seeds, "runs": {s: runs[s][0] for s in seeds}}
     table, ours_source = ours(Path(args.run_dir) if args.run_dir else None,
                               Path(args.seeds_dir) if args.seeds_dir else None)
     result = {"benchmark": "test/valid full ranking on the workbench split, workbench metric code",
@@ -128,16 +149,18 @@ def main() -> None:
               "ours": table, "seconds": round(time.perf_counter() - t0, 1)}
     out = ROOT / "bench" / "results"
     atomic_write_json(out / "accuracy.json", result)
+    epochs = ", ".join(str(info["runs"][s]["epochs_trained"]) for s in seeds)
+    train_s = sum(info["runs"][s]["train_s"] for s in seeds)
     md = ["# Accuracy: RecBole 1.2.1 SASRec on the workbench split vs the workbench's models", "",
           f"Same split ({counts['train']} training rows, {counts['valid']} validation, {counts['test']} test users), "
           "same protocol and metric code (full ranking, known items excluded, ties against the target). "
-          f"RecBole: {info['epochs_trained']} epochs ({info['train_s']} s), early stopping on its validation "
-          f"NDCG@10 (stopping_step {args.stopping_step}). Ours: {ours_source}.", ""]
+          f"RecBole: seeds {seeds}, mean ± std (per-seed 95% bootstrap CIs below), {epochs} epochs "
+          f"({train_s:.0f} s of training in all), early stopping on its validation NDCG@10 (stopping_step "
+          f"{args.stopping_step}). Ours: {ours_source}.", ""]
     for split in ("test", "valid"):
         md += [f"## {split}", "", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
         rb = recbole[split]
-        md.append("| RecBole SASRec | " + " | ".join(
-            f"{rb['metrics'][m]:.4f} [{rb['ci95'][m][0]:.4f}, {rb['ci95'][m][1]:.4f}]" for m in METRICS) + " |")
+        md.append("| RecBole SASRec | " + " | ".join(f"{rb[m]['mean']:.4f} ± {rb[m]['std']:.4f}" for m in METRICS) + " |")
         for name, metrics in sorted(table.get(split, {}).items(), key=lambda kv: -kv[1]["ndcg@10"][0]):
             cells = []
             for m in METRICS:
@@ -145,9 +168,11 @@ def main() -> None:
                 cells.append(f"{v:.4f} ± {spread:.4f}" if isinstance(spread, float)
                              else f"{v:.4f} [{spread[0]:.4f}, {spread[1]:.4f}]")
             md.append(f"| {name} | " + " | ".join(cells) + " |")
-        md.append("")
-    md.append(f"RecBole's own protocol (history items not excluded), for reference only: "
-              f"{json.dumps(info['test_recbole_protocol'])}.")
+        md += ["", f"RecBole SASRec per seed, NDCG@10 [95% CI]: " + "; ".join(
+            f"{s} {v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" for s, v, ci in
+            zip(seeds, rb["ndcg@10"]["values"], rb["ndcg@10"]["ci95_per_seed"])) + ".", ""]
+    md.append("RecBole's own protocol (history items not excluded), test NDCG@10 per seed, for reference only: "
+              + ", ".join(f"{info['runs'][s]['test_recbole_protocol']['ndcg@10']:.4f}" for s in seeds) + ".")
     atomic_write_text(out / "accuracy.md", "\n".join(md) + "\n")
     print("\n".join(md), file=sys.stderr)
     if args.json:

@@ -9,7 +9,7 @@ evaluations without gain). The best checkpoint then scores the whole catalogue f
 validation and test history; the scores, in the workbench's item ids, go to an .npz that
 bench/accuracy.py ranks with the workbench's metric code.
 
-    python bench/recbole_accuracy.py EXPORT_DIR DATASET OUT.npz EPOCHS STOPPING_STEP
+    python bench/recbole_accuracy.py EXPORT_DIR DATASET OUT.npz EPOCHS STOPPING_STEP [SEED]
 """
 
 import json
@@ -24,6 +24,7 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 export_dir, dataset_name, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
 epochs, stopping_step = int(sys.argv[4]), int(sys.argv[5])
+seed = int(sys.argv[6]) if len(sys.argv) > 6 else 2020
 
 from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
@@ -39,7 +40,7 @@ cfg = {
     "MAX_ITEM_LIST_LENGTH": 50, "eval_args": {"group_by": "user", "order": "TO", "mode": "full"},
     "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
     "attn_dropout_prob": 0.2, "hidden_act": "gelu", "loss_type": "CE", "train_neg_sample_args": None,
-    "train_batch_size": 256, "eval_batch_size": 4096, "learning_rate": 1e-3, "seed": 2020,
+    "train_batch_size": 256, "eval_batch_size": 4096, "learning_rate": 1e-3, "seed": seed,
     "reproducibility": True, "metrics": ["Hit", "NDCG", "MRR"], "topk": [10, 20], "valid_metric": "NDCG@10",
     "epochs": epochs, "stopping_step": stopping_step, "show_progress": False,
     "checkpoint_dir": "/tmp/recbole_accuracy_ckpt", "log_wandb": False, "state": "ERROR",
@@ -88,7 +89,7 @@ def scores_for(histories_path: str) -> np.ndarray:
     return out
 
 
-result = {"epochs_trained": epochs_run[0], "train_s": round(train_s, 1),
+result = {"seed": seed, "epochs_trained": epochs_run[0], "train_s": round(train_s, 1),
           "best_valid_ndcg@10_recbole_protocol": float(best_valid),
           "test_recbole_protocol": {k: float(v) for k, v in own_test.items()},
           "training_rows": len(train_data.dataset)}
