@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +64,13 @@ def export_split(data: PreparedData, folder: Path) -> dict[str, int]:
     return counts
 
 
-def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: int, seed: int) -> tuple[dict, dict]:
+def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: int, seed: int,
+                   threads: int = 2) -> tuple[dict, dict]:
     py = venv / "bin" / "python"
     if not py.exists():
         raise SystemExit(f"{py} missing: run `make bench-env` first (RecBole needs its own environment)")
     out = export_root / f"recbole_scores-{seed}.npz"
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="")
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="", UR4REC_BENCH_THREADS=str(threads))
     proc = subprocess.run([str(py), str(ROOT / "bench" / "recbole_accuracy.py"), str(export_root), DATASET, str(out),
                            str(epochs), str(stopping_step), str(seed)], capture_output=True, text=True, env=env,
                           cwd="/tmp", check=False)
@@ -79,19 +81,29 @@ def recbole_scores(export_root: Path, venv: Path, epochs: int, stopping_step: in
 
 
 def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace) -> dict[int, tuple[dict, dict]]:
-    """seed -> (RecBole's run info, its catalogue scores), cached per seed in bench/.cache."""
-    runs = {}
-    for seed in range(2020, 2020 + args.recbole_seeds):
-        key = {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step, "seed": seed}
+    """seed -> (RecBole's run info, its catalogue scores), cached per seed in bench/.cache; the runs
+    not cached go ``--jobs`` at a time, each with cores/jobs torch threads (more threads than cores
+    slows torch down many times over)."""
+    runs, todo = {}, []
+    keys = {s: {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step, "seed": s}
+            for s in range(2020, 2020 + args.recbole_seeds)}
+    for seed, key in keys.items():
         cached = export_root / f"result-{seed}.json"
         if args.reuse and cached.is_file() and json.loads(cached.read_text())["key"] == key:
             runs[seed] = (json.loads(cached.read_text())["info"], dict(np.load(export_root / f"recbole_scores-{seed}.npz")))
         else:
-            runs[seed] = recbole_scores(export_root, Path(args.venv), args.epochs, args.stopping_step, seed)
-            atomic_write_json(cached, {"key": key, "info": runs[seed][0]})
+            todo.append(seed)
+    threads = max(1, (os.cpu_count() or 2) // args.jobs)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {s: pool.submit(recbole_scores, export_root, Path(args.venv), args.epochs, args.stopping_step, s,
+                                  threads) for s in todo}
+        for seed, fut in futures.items():
+            runs[seed] = fut.result()
+            atomic_write_json(export_root / f"result-{seed}.json", {"key": keys[seed], "info": runs[seed][0]})
+    for seed in sorted(runs):
         print(f"RecBole seed {seed}: {runs[seed][0]['epochs_trained']} epochs, {runs[seed][0]['train_s']} s",
               file=sys.stderr, flush=True)
-    return runs
+    return dict(sorted(runs.items()))
 
 
 def ours(run_dir: Path | None, seeds_dir: Path | None) -> tuple[dict, str]:
@@ -115,6 +127,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--stopping-step", type=int, default=3)
     ap.add_argument("--recbole-seeds", type=int, default=3, help="RecBole runs: seeds 2020 … 2020+K-1")
+    ap.add_argument("--jobs", type=int, default=1, help="RecBole runs at once (threads split between them)")
     ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
     ap.add_argument("--reuse", action="store_true",
                     help="reuse RecBole's scores from bench/.cache if they were made on the same split and settings")

@@ -21,7 +21,7 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("UR4REC_BENCH_THREADS", "2")))  # bench/accuracy.py --jobs
 export_dir, dataset_name, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
 epochs, stopping_step = int(sys.argv[4]), int(sys.argv[5])
 seed = int(sys.argv[6]) if len(sys.argv) > 6 else 2020
@@ -89,7 +89,7 @@ def scores_for(histories_path: str) -> np.ndarray:
     return out
 
 
-result = {"seed": seed, "epochs_trained": epochs_run[0], "train_s": round(train_s, 1),
+result = {"seed": seed, "threads": torch.get_num_threads(), "epochs_trained": epochs_run[0], "train_s": round(train_s, 1),
           "best_valid_ndcg@10_recbole_protocol": float(best_valid),
           "test_recbole_protocol": {k: float(v) for k, v in own_test.items()},
           "training_rows": len(train_data.dataset)}
