@@ -101,8 +101,18 @@ def _selection_sentence(summary: dict[str, Any]) -> list[str]:
     chosen = summary.get("final_selection") or {}
     if not any(chosen.values()):
         return []
-    parts = [f"seed {s}: {c['stage']} checkpoint, retriever weight {c['retriever_weight']}" if c else
-             f"seed {s}: last stage" for s, c in chosen.items()]
+    parts = []
+    for s, c in chosen.items():
+        if not c:
+            parts.append(f"seed {s}: last stage")
+            continue
+        text = f"seed {s}: {c['stage']} checkpoint, retriever weight {c['retriever_weight']}"
+        best, test = c.get("best_on_validation"), c.get("paired_test_vs_baseline")
+        if best and test and (best["stage"], best["retriever_weight"]) != (c["stage"], c["retriever_weight"]):
+            text += (f" (best pair on validation: {best['stage']}, weight {best['retriever_weight']}, "
+                     f"{test['mean_difference']:+.4f} over SASRec alone, paired-test p = {test['p_value']:.3f}: "
+                     "not significant, not kept)")
+        parts.append(text)
     lines = ["Final model per seed (stage checkpoint × retriever weight, chosen on validation): " + "; ".join(parts) + "."]
     if all(c and c.get("retriever_weight") == 0.0 and c.get("stage") == "pretrain_retriever" for c in chosen.values()):
         lines.append("On every seed validation gave the text branch weight 0: the fused model is SASRec alone.")
