@@ -344,3 +344,27 @@ def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_pat
     windows = len(trainer.inputs)
     assert steps["pretrain_sasrec"] == -(-windows // 4)
     assert steps["pretrain_retriever"] == -(-windows // 16)
+
+
+def test_seeds_report_says_when_validation_gave_the_text_branch_no_weight() -> None:
+    from ur4rec.evaluation.seeds import aggregate, to_markdown
+
+    def one(ndcg: float, best_weight: float, p: float) -> dict:
+        entry = {"metrics": {"ndcg@10": ndcg, "hit@10": 2 * ndcg}, "ci95": {"ndcg@10": [ndcg - 0.01, ndcg + 0.01]}}
+        return {"users_evaluated": 943, "protocol": {"full": "full ranking"},
+                "full": {"test": {"ur4rec": entry, "sasrec": entry}},
+                "paired_test": {"test": {"ur4rec_vs_sasrec_ndcg@10": {"p_value": 1.0}}},
+                "final_selection": {"stage": "pretrain_retriever", "retriever_weight": 0.0, "valid_ndcg@10": 0.12,
+                                    "table": {"pretrain_retriever": {"0.0": 0.12}},
+                                    "best_on_validation": {"stage": "joint_finetune", "retriever_weight": best_weight,
+                                                           "valid_ndcg@10": 0.125},
+                                    "paired_test_vs_baseline": {"mean_difference": 0.005, "p_value": p}}}
+
+    summary = aggregate({2020: one(0.10, 0.1, 0.39), 2021: one(0.11, 0.2, 0.26)})
+    assert summary["final_selection"][2020]["best_on_validation"]["retriever_weight"] == 0.1
+    assert "table" not in summary["final_selection"][2020]
+    md = to_markdown(summary)
+    assert "the fused model is SASRec alone" in md
+    assert "seed 2021: pretrain_retriever checkpoint, retriever weight 0.0 (best pair on validation: joint_finetune, " \
+           "weight 0.2, +0.0050 over SASRec alone, paired-test p = 0.260: not significant, not kept)" in md
+    assert summary["fused_minus_sasrec"]["test"]["mean"] == 0.0
