@@ -85,7 +85,8 @@ def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace
     not cached go ``--jobs`` at a time, each with cores/jobs torch threads (more threads than cores
     slows torch down many times over)."""
     runs, todo = {}, []
-    keys = {s: {"split": data.fingerprint, "epochs": args.epochs, "stopping_step": args.stopping_step, "seed": s}
+    keys = {s: {"split": data.fingerprint, "checkpoints": "per-run", "epochs": args.epochs,
+                "stopping_step": args.stopping_step, "seed": s}
             for s in range(2020, 2020 + args.recbole_seeds)}
     for seed, key in keys.items():
         cached = export_root / f"result-{seed}.json"
@@ -100,6 +101,11 @@ def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace
         for seed, fut in futures.items():
             runs[seed] = fut.result()
             atomic_write_json(export_root / f"result-{seed}.json", {"key": keys[seed], "info": runs[seed][0]})
+    by_seed = sorted(runs)
+    for a, b in zip(by_seed, by_seed[1:]):  # different seeds never give bit-identical catalogue scores
+        if any(np.array_equal(runs[a][1][split], runs[b][1][split]) for split in ("valid", "test")):
+            raise SystemExit(f"RecBole seeds {a} and {b} produced identical scores: the runs shared a checkpoint; "
+                             f"delete {export_root} and run again")
     for seed in sorted(runs):
         print(f"RecBole seed {seed}: {runs[seed][0]['epochs_trained']} epochs, {runs[seed][0]['train_s']} s",
               file=sys.stderr, flush=True)

@@ -14,7 +14,9 @@ bench/accuracy.py ranks with the workbench's metric code.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
@@ -43,7 +45,9 @@ cfg = {
     "train_batch_size": 256, "eval_batch_size": 4096, "learning_rate": 1e-3, "seed": seed,
     "reproducibility": True, "metrics": ["Hit", "NDCG", "MRR"], "topk": [10, 20], "valid_metric": "NDCG@10",
     "epochs": epochs, "stopping_step": stopping_step, "show_progress": False,
-    "checkpoint_dir": "/tmp/recbole_accuracy_ckpt", "log_wandb": False, "state": "ERROR",
+    # Own folder per run: RecBole names checkpoints by model and second, so runs started together
+    # (--jobs 2) in a shared folder overwrite each other's best model and report the same scores.
+    "checkpoint_dir": tempfile.mkdtemp(prefix=f"recbole_accuracy_{seed}_"), "log_wandb": False, "state": "ERROR",
 }
 config = Config(model="SASRec", dataset=dataset_name, config_dict=cfg)
 init_seed(config["seed"], config["reproducibility"])
@@ -95,4 +99,5 @@ result = {"seed": seed, "threads": torch.get_num_threads(), "epochs_trained": ep
           "training_rows": len(train_data.dataset)}
 np.savez_compressed(out_path, valid=scores_for(os.path.join(export_dir, "valid_histories.json")),
                     test=scores_for(os.path.join(export_dir, "test_histories.json")))
+shutil.rmtree(config["checkpoint_dir"], ignore_errors=True)
 print(json.dumps(result))
