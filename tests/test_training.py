@@ -297,6 +297,9 @@ def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path:
     assert results["full"]["valid"]["ur4rec"]["metrics"]["ndcg@10"] == pytest.approx(best)
     assert results["final_selection"]["stage"] == stage
     assert f"the {stage} checkpoint" in results["models"]["ur4rec"]
+    # the thread count changes torch's float sums, so the run records it next to its numbers
+    assert results["trained_with"] == {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    assert f"on {torch.get_num_threads()} threads" in (tmp_path / "sel" / "eval.md").read_text()
     # at weight 0 the pretrain_retriever checkpoint is SASRec alone: never worse than it on validation
     assert scores[("pretrain_retriever", 0.0)] == pytest.approx(results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"])
     assert best >= scores[("pretrain_retriever", 0.0)]

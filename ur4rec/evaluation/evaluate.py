@@ -250,6 +250,9 @@ def two_stage_vs_exact(results: dict[str, Any]) -> pd.DataFrame:
 def to_markdown(results: dict[str, Any]) -> str:
     lines = ["# Evaluation", "", f"Users evaluated: {results['users_evaluated']} (every user).", ""]
     lines += [f"- `{name}`: {what}" for name, what in results.get("models", {}).items()] + [""]
+    if env := results.get("trained_with"):
+        lines += [f"Trained with torch {env['torch']} on {env['torch_threads']} threads (the same seed gives the "
+                  "same numbers on the same thread count).", ""]
     for protocol in ("full", "sampled"):
         label = "Full ranking (primary)" if protocol == "full" else "Sampled (labelled extra, not comparable)"
         for split in results[protocol]:
@@ -296,6 +299,7 @@ def evaluate_run(run_dir: str | Path, allow_mismatch: bool = False, workspace: A
     selection = (ck.get("result") or {}).get("final_selection")
     results = evaluate_models(cfg, ws.data, ws.model, alone=alone, selection=selection)
     results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
+    results["trained_with"] = (ck.get("result") or {}).get("environment")  # torch version and threads
     write_results(run_dir, results)
     results["_alone"] = alone  # for notebooks (the explorer's SASRec and retriever); never written
     return results

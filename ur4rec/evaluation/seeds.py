@@ -122,7 +122,7 @@ def _selection_sentence(summary: dict[str, Any]) -> list[str]:
 def to_markdown(summary: dict[str, Any]) -> str:
     seeds = summary["seeds"]
     lines = [f"# Evaluation over {len(seeds)} seeds ({', '.join(map(str, seeds))})", "",
-             f"Full ranking, {summary['users_evaluated']} users per seed; {summary['protocol']}.",
+             f"{summary['users_evaluated']} users per seed; {summary['protocol']}.",
              "Mean ± sample std over seeds; per-seed values in seeds.json.", ""]
     lines += _selection_sentence(summary)
     for split, models in summary["full"].items():

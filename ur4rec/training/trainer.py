@@ -74,10 +74,14 @@ class TrainResult:
     seconds: float = 0.0
     #: ``select_final_model``'s record when final_model_selection is "validation"
     final_selection: dict[str, Any] | None = None
+    #: torch's float sums depend on the thread count: same seed, same threads -> same numbers
+    environment: dict[str, Any] = field(default_factory=lambda: {"torch": torch.__version__,
+                                                                 "torch_threads": torch.get_num_threads()})
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "skipped_steps": self.skipped_steps, "seconds": round(self.seconds, 2),
-                "stages": [vars(s) for s in self.stages], "final_selection": self.final_selection}
+                "stages": [vars(s) for s in self.stages], "final_selection": self.final_selection,
+                "environment": self.environment}
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
