@@ -6,13 +6,16 @@ For each seed's run (from `ur4rec evaluate --seeds K`) and each stage's best che
 pretrain_retriever on (pretrain_retriever = both branches trained alone; joint_finetune and
 end_to_end = jointly trained), the fused model's full-ranking NDCG@10 (two-stage) on validation and
 test for retriever weights 0 … 1 (``ur4rec.evaluation.ablations.fusion_weight_sweep``). Weight 0 on
-the pretrain_retriever checkpoint is SASRec alone. The pair picked on validation (what
-``final_model_selection: validation`` ships) is compared with SASRec alone on test.
+the pretrain_retriever checkpoint is SASRec alone. The best pair on validation is compared with
+SASRec alone on test, beside what ``final_model_selection: validation`` shipped (the best pair only
+where a paired test over validation users finds it better than SASRec alone; read from the run's
+eval.json).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -30,6 +33,15 @@ from ur4rec.training.run import build_workspace  # noqa: E402
 
 
 STAGES = ("pretrain_retriever", "joint_finetune", "end_to_end")
+
+
+def _shipped(p: dict) -> str:
+    shipped = p.get("shipped")
+    if not shipped:
+        return "unknown (no final_selection in eval.json)"
+    if (shipped["stage"], shipped["weight"]) == ("pretrain_retriever", 0.0):
+        return "SASRec alone"
+    return f"{shipped['stage']}, w = {shipped['weight']:g} (test {shipped['test ndcg@10']:.4f})"
 
 
 def main() -> None:
@@ -55,6 +67,13 @@ def main() -> None:
         picked[cfg.seed] = {"stage": best["stage"], "weight": best["retriever_weight"],
                             "valid ndcg@10": best["valid ndcg@10"], "test ndcg@10": best["test ndcg@10"],
                             "test ndcg@10 SASRec alone": alone["test ndcg@10"]}
+        shipped = json.loads((run_dir / "eval.json").read_text()).get("final_selection") or {}
+        if shipped:
+            pair = next(r for r in rows if (r["stage"], r["retriever_weight"]) ==
+                        (shipped["stage"], shipped["retriever_weight"]))
+            picked[cfg.seed]["shipped"] = {"stage": shipped["stage"], "weight": shipped["retriever_weight"],
+                                           "test ndcg@10": pair["test ndcg@10"],
+                                           "p_value": shipped.get("paired_test_vs_baseline", {}).get("p_value")}
         print(cfg.seed, picked[cfg.seed], file=sys.stderr, flush=True)
     result = {"seeds_dir": args.seeds_dir, "per_seed": per_seed, "picked_on_valid": picked}
     first = next(iter(per_seed.values()))
@@ -73,9 +92,14 @@ def main() -> None:
             t = sum(rows[i]["test ndcg@10"] for rows in per_seed.values()) / len(per_seed)
             cells.append(f"{v:.4f} / {t:.4f}")
         md.append(f"| {w:g} | " + " | ".join(cells) + " |")
-    md += ["", "Picked on validation, per seed (what final_model_selection: validation ships): " + "; ".join(
-        f"seed {s}: {p['stage']}, w = {p['weight']:g}, test {p['test ndcg@10']:.4f} vs SASRec alone "
-        f"{p['test ndcg@10 SASRec alone']:.4f}" for s, p in picked.items()) + ".", ""]
+    md += ["", "Per seed: the best pair on validation, and what `final_model_selection: validation` shipped (the "
+           "best pair only if a paired test over validation users finds it better than SASRec alone):", ""]
+    md += [f"- seed {s}: best on validation {p['stage']}, w = {p['weight']:g} (test {p['test ndcg@10']:.4f}"
+           + (f", paired-test p = {p['shipped']['p_value']:.3f}" if p.get("shipped", {}).get("p_value") is not None
+              else "")
+           + f"); shipped: {_shipped(p)}; SASRec alone: test {p['test ndcg@10 SASRec alone']:.4f}"
+           for s, p in picked.items()]
+    md.append("")
     publish("fusion_sweep", result, md, args.json)
 
 
