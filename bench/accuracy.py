@@ -91,7 +91,8 @@ def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace
     for seed, key in keys.items():
         cached = export_root / f"result-{seed}.json"
         if args.reuse and cached.is_file() and json.loads(cached.read_text())["key"] == key:
-            runs[seed] = (json.loads(cached.read_text())["info"], dict(np.load(export_root / f"recbole_scores-{seed}.npz")))
+            scores = dict(np.load(export_root / f"recbole_scores-{seed}.npz"))
+            runs[seed] = (json.loads(cached.read_text())["info"], scores)
         else:
             todo.append(seed)
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
@@ -187,7 +188,7 @@ def main() -> None:
                 cells.append(f"{v:.4f} ± {spread:.4f}" if isinstance(spread, float)
                              else f"{v:.4f} [{spread[0]:.4f}, {spread[1]:.4f}]")
             md.append(f"| {name} | " + " | ".join(cells) + " |")
-        md += ["", f"RecBole SASRec per seed, NDCG@10 [95% CI]: " + "; ".join(
+        md += ["", "RecBole SASRec per seed, NDCG@10 [95% CI]: " + "; ".join(
             f"{s} {v:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" for s, v, ci in
             zip(seeds, rb["ndcg@10"]["values"], rb["ndcg@10"]["ci95_per_seed"])) + ".", ""]
     md.append("RecBole's own protocol (history items not excluded), test NDCG@10 per seed, for reference only: "

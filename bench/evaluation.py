@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.publish import publish  # noqa: E402
-
 from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
 from ur4rec.evaluation.evaluate import exact_scorers, load_alone_model, scorers  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402

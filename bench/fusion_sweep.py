@@ -25,12 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.publish import publish  # noqa: E402
-
 from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
 from ur4rec.evaluation.ablations import fusion_weight_sweep  # noqa: E402
 from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
 from ur4rec.training.run import build_workspace  # noqa: E402
-
 
 STAGES = ("pretrain_retriever", "joint_finetune", "end_to_end")
 

@@ -2,17 +2,16 @@ from __future__ import annotations
 
 import json
 import sys
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_grouplens, write_recbole
 from ur4rec.cli import main
 from ur4rec.data import PreparedData, locate_ml100k, prepare
 from ur4rec.data.sources import recbole_wheel_folder
 from ur4rec.errors import DataError
 from ur4rec.plots.data import split_sanity_checks
-from tests.conftest import write_grouplens, write_recbole
 
 
 def _processed(cfg) -> list[Path]:

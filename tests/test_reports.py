@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from tests.browser import rendered_dom, screenshot

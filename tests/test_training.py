@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import synthetic_ml, write_grouplens
 from ur4rec.data import PreparedData, prepare
 from ur4rec.models import build_model
 from ur4rec.training import JointTrainer, NonFiniteTrainingError
 from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ur4rec.training.run import Workspace, clean_run, embeddings_fingerprint, train
 from ur4rec.training.seeding import seed_everything
-from tests.conftest import synthetic_ml, write_grouplens
 
 SMALL = {"max_seq_len": 8, "sasrec_hidden_dim": 16, "sasrec_num_heads": 2, "retriever_output_dim": 16,
          "moe_num_heads": 2, "moe_num_proxies": 2, "max_memory_size": 2, "epochs_per_stage": 2, "batch_size": 16,

@@ -103,8 +103,9 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
         import torch
 
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        threads = torch.get_num_threads()  # the kernels start with the same default; float sums depend on it
     except Exception:  # torch missing or broken: metadata only
-        device = "unknown"
+        device, threads = "unknown", None
     return {
         "profile": profile,
         "git": git_state(),
@@ -119,6 +120,7 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "device": device,
+        "torch_threads": threads,
         "versions": versions,
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
     }
@@ -268,7 +270,8 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
         ("run directory", meta["run_dir"]),
         ("text source", meta["text_source"]),
         ("python / platform", f"{meta['python']} / {meta['platform']}"),
-        ("CPU / device", f"{meta['cpu']} ({meta['cpu_count']} cores) / {meta['device']}"),
+        ("CPU / device", f"{meta['cpu']} ({meta['cpu_count']} cores, torch {meta.get('torch_threads')} threads) / "
+                         f"{meta['device']}"),
         ("packages", ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)),
     ]
     total = sum(r.seconds for r in results)
