@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import nbformat
+import torch
 from nbformat.v4 import new_code_cell, new_notebook
 
 from tests.browser import rendered_dom, screenshot
@@ -42,7 +43,11 @@ def test_broken_notebook_fails_the_run_skips_dependants_and_keeps_its_html(tmp_p
     assert "deliberately broken" in html and "ValueError" in html  # the traceback is in the HTML
     page = index.read_text()
     assert "failed" in page and "skipped" in page and "01_data_prep.html" in page
-    assert json.loads((index.parent / "index.json").read_text())["results"][0]["status"] == "failed"
+    saved = json.loads((index.parent / "index.json").read_text())
+    assert saved["results"][0]["status"] == "failed"
+    # numbers depend on torch's thread count: the index records it, and the page shows it
+    assert saved["meta"]["torch_threads"] == torch.get_num_threads()
+    assert f"torch {torch.get_num_threads()} threads" in page
 
 
 def test_cli_reports_exit_status_is_non_zero_on_failure(tmp_path: Path) -> None:
