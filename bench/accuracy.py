@@ -85,6 +85,7 @@ def recbole_runs(data: PreparedData, export_root: Path, args: argparse.Namespace
     not cached go ``--jobs`` at a time, each with cores/jobs torch threads (more threads than cores
     slows torch down many times over)."""
     runs, todo = {}, []
+    # "checkpoints": caches made before each run had its own checkpoint folder are not reused
     keys = {s: {"split": data.fingerprint, "checkpoints": "per-run", "epochs": args.epochs,
                 "stopping_step": args.stopping_step, "seed": s}
             for s in range(2020, 2020 + args.recbole_seeds)}
