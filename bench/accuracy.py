@@ -6,7 +6,8 @@
 1. Export the prepared ML-100K split (default config) as RecBole benchmark atomic files: one
    training row per target position (history = the previous ≤ 50 items), the validation row (training
    history → validation item) and the test row (training + validation history → test item).
-2. Train RecBole's SASRec on them (``--recbole-seeds K``: seeds 2020 … 2020+K-1, one run each) in its own environment (``.bench-venv``; bench/recbole_accuracy.py)
+2. Train RecBole's SASRec on them (``--recbole-seeds K``: seeds 2020 … 2020+K-1, one run each) in its own
+   environment (``.bench-venv``; bench/recbole_accuracy.py)
    and dump its catalogue scores for every user's validation and test history.
 3. Rank those scores with the workbench's protocol and metric code (known items excluded, ties
    against the target, every user), with the same bootstrap CIs, next to our models' numbers from
@@ -181,7 +182,8 @@ def main() -> None:
     for split in ("test", "valid"):
         md += [f"## {split}", "", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
         rb = recbole[split]
-        md.append("| RecBole SASRec | " + " | ".join(f"{rb[m]['mean']:.4f} ± {rb[m]['std']:.4f}" for m in METRICS) + " |")
+        cells = " | ".join(f"{rb[m]['mean']:.4f} ± {rb[m]['std']:.4f}" for m in METRICS)
+        md.append(f"| RecBole SASRec | {cells} |")
         for name, metrics in sorted(table.get(split, {}).items(), key=lambda kv: -kv[1]["ndcg@10"][0]):
             cells = []
             for m in METRICS:

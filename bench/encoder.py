@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ur4rec.config import load_config
-from ur4rec.data import load_prepared
-from ur4rec.io import atomic_write_json, atomic_write_text
-from ur4rec.texts.encoder import load_encoder, resolve_encoder
-from ur4rec.texts.template import template_texts
+from ur4rec.config import load_config  # noqa: E402
+from ur4rec.data import load_prepared  # noqa: E402
+from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
+from ur4rec.texts.encoder import load_encoder, resolve_encoder  # noqa: E402
+from ur4rec.texts.template import template_texts  # noqa: E402
 
 BATCH_SIZES = (32, 64, 128)
 

@@ -93,7 +93,8 @@ def scores_for(histories_path: str) -> np.ndarray:
     return out
 
 
-result = {"seed": seed, "threads": torch.get_num_threads(), "epochs_trained": epochs_run[0], "train_s": round(train_s, 1),
+result = {"seed": seed, "threads": torch.get_num_threads(), "epochs_trained": epochs_run[0],
+          "train_s": round(train_s, 1),
           "best_valid_ndcg@10_recbole_protocol": float(best_valid),
           "test_recbole_protocol": {k: float(v) for k, v in own_test.items()},
           "training_rows": len(train_data.dataset)}

@@ -171,7 +171,8 @@ def markdown(r: dict) -> str:
         rows.append(("full catalogue", f"{r['full_catalogue_s']:.2f} s", r["full_catalogue_work"]))
     lines = ["# Scoring benchmark", "",
              f"torch {r['torch']}, {r['threads']} threads, {r['machine']}; dims {r['dims']}; "
-             f"embeddings: {r['embeddings']}. Loop vs vectorised max |diff| = {r['max_abs_diff_loop_vs_vectorised']:.2e}.",
+             f"embeddings: {r['embeddings']}. "
+             f"Loop vs vectorised max |diff| = {r['max_abs_diff_loop_vs_vectorised']:.2e}.",
              "", "| what | time | work |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     return "\n".join(lines) + "\n"

@@ -136,7 +136,8 @@ def main() -> None:
     atomic_write_json(out / "training.json", result)
     md = ["# SASRec training: UR4Rec Workbench vs RecBole 1.2.1 (same settings, same CPU, one run)", "",
           "| | RecBole 1.2.1 | UR4Rec Workbench | ratio |", "|---|---|---|---|",
-          f"| seconds per epoch (all training targets) | {rb_epoch:.1f} | {us_epoch:.1f} | {result['epoch_speedup']}x |",
+          f"| seconds per epoch (all training targets) | {rb_epoch:.1f} | {us_epoch:.1f} "
+          f"| {result['epoch_speedup']}x |",
           f"| wall time to valid NDCG@10 >= {target:.4f} | {rb_best_wall:.0f} s | "
           f"{result['ours_wall_to_target_s']} s | {result['time_to_target_ratio']}x |", "",
           f"Target: {target_source}. Both validations rank known items too (RecBole's protocol). Batches: "

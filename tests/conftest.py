@@ -24,7 +24,8 @@ def synthetic_ml(n_users: int = 12, n_items: int = 30, per_user: int = 8, seed: 
         for i, item in enumerate(items):
             t += int(rng.integers(0, 3))  # 0 makes ties
             rows.append((u, int(item), int(rng.integers(1, 6)), t))
-    items = [(i, f"Film {i}", 1970 + i % 30, [GENRES[1 + i % 18], GENRES[1 + (i * 7) % 18]]) for i in range(1, n_items + 1)]
+    items = [(i, f"Film {i}", 1970 + i % 30, [GENRES[1 + i % 18], GENRES[1 + (i * 7) % 18]])
+             for i in range(1, n_items + 1)]
     users = [(u, 20 + u, "MF"[u % 2], "student", f"{10000 + u}") for u in range(1, n_users + 1)]
     return {"inter": rows, "items": items, "users": users}
 

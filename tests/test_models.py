@@ -92,7 +92,8 @@ def _fused_predict(model: UR4RecV2MoE, users: torch.Tensor, seq: torch.Tensor, c
 
 
 # ---------------------------------------------------------------------------------------- the NaN it avoids
-def naive_mha_sasrec_nan_demo(max_seq_len: int = 8, hidden: int = 16, blocks: int = 2) -> dict[tuple[str, str], list[bool]]:
+def naive_mha_sasrec_nan_demo(max_seq_len: int = 8, hidden: int = 16,
+                              blocks: int = 2) -> dict[tuple[str, str], list[bool]]:
     """The original's construction: ``nn.MultiheadAttention(batch_first=True)`` blocks with a boolean
     causal ``attn_mask`` plus ``key_padding_mask`` over LEFT-padded sequences (one user per history
     length 1..max_seq_len). Returns, per (mode, grad context), whether each user's last position is NaN.

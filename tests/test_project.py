@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -57,3 +58,11 @@ def test_data_and_reports_keep_only_readme_and_gitignore() -> None:
     files = subprocess.run(["git", "ls-files", "data", "reports"], cwd=REPO, capture_output=True, text=True)
     names = {Path(f).name for f in files.stdout.split()}
     assert names <= {"README.md", ".gitignore"}, names
+
+
+def test_code_passes_ruff() -> None:
+    """The package, benchmarks, tests and notebooks pass the checks pyproject.toml selects."""
+    ruff = Path(sys.executable).with_name("ruff")
+    out = subprocess.run([str(ruff), "check", "--no-cache", "--output-format", "concise", "."], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -112,8 +112,8 @@ def test_quick_profile_reports_render_offline_in_chromium(tmp_path: Path) -> Non
     """Every notebook of the quick profile runs, and each HTML report draws all its charts with the
     network off: plotly.js embedded, explorers shown as static views (never an empty box)."""
     results, index = run_reports("quick", reports_dir=tmp_path / "reports", runs_dir=tmp_path / "runs")
-    assert [(r.name, r.status) for r in results] == [(p.stem, "ok") for p in sorted((REPO / "notebooks").glob("*.ipynb"))], \
-        [(r.name, r.error) for r in results if r.status != "ok"]
+    expected = [(p.stem, "ok") for p in sorted((REPO / "notebooks").glob("*.ipynb"))]
+    assert [(r.name, r.status) for r in results] == expected, [(r.name, r.error) for r in results if r.status != "ok"]
     shots = tmp_path / "screenshots"
     shots.mkdir()
     for r in results:

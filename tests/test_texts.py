@@ -357,7 +357,10 @@ def _tiny_lm(folder: Path, chat_template: bool) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    words = ["[UNK]", "[PAD]", "[EOS]"] + sorted({"the", "a", "film", "films", "viewer", "likes", "comedy", "drama", "action", "thriller", "romance", "sci-fi", "horror", "war", "western", "rated", "describe", "genres", "year", "release", "these", "most", "recently", "oldest", "first", "with", "genre", "and", "tone", "is", "for", "of", "in", "to", "who", "enjoy", "kind", "recommender", "system", "expert", "short", "factual", "write", "summaries"})
+    vocabulary = ("the a film films viewer likes comedy drama action thriller romance sci-fi horror war western "
+                  "rated describe genres year release these most recently oldest first with genre and tone is for "
+                  "of in to who enjoy kind recommender system expert short factual write summaries")
+    words = ["[UNK]", "[PAD]", "[EOS]"] + sorted(set(vocabulary.split()))
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")

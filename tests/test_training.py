@@ -29,7 +29,8 @@ class RandomTexts:
     def __init__(self, users: int, items: int, dim: int = 384) -> None:
         g = torch.Generator().manual_seed(0)
         self.user = torch.nn.functional.normalize(torch.randn(users, dim, generator=g), dim=-1)
-        self.item = torch.cat([torch.zeros(1, dim), torch.nn.functional.normalize(torch.randn(items, dim, generator=g), dim=-1)])
+        unit = torch.nn.functional.normalize(torch.randn(items, dim, generator=g), dim=-1)
+        self.item = torch.cat([torch.zeros(1, dim), unit])
 
 
 @pytest.fixture
@@ -301,7 +302,8 @@ def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path:
     assert results["trained_with"] == {"torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     assert f"on {torch.get_num_threads()} threads" in (tmp_path / "sel" / "eval.md").read_text()
     # at weight 0 the pretrain_retriever checkpoint is SASRec alone: never worse than it on validation
-    assert scores[("pretrain_retriever", 0.0)] == pytest.approx(results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"])
+    sasrec_valid = results["full"]["valid"]["sasrec"]["metrics"]["ndcg@10"]
+    assert scores[("pretrain_retriever", 0.0)] == pytest.approx(sasrec_valid)
     assert best >= scores[("pretrain_retriever", 0.0)]
 
 

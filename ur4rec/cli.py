@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("evaluate", help="full-ranking evaluation of a run against the baselines")
     p_eval.add_argument("--run-dir", required=True,
                         help="the run to evaluate; with --seeds, the folder that receives seed-<s>/ runs")
-    p_eval.add_argument("--allow-mismatch", action="store_true", help="load a checkpoint despite fingerprint differences")
+    p_eval.add_argument("--allow-mismatch", action="store_true",
+                        help="load a checkpoint despite fingerprint differences")
     p_eval.add_argument("--seeds", type=int, default=None, metavar="K",
                         help="train and evaluate K seeds (config seed, seed+1, ...) and report mean ± std")
     _common(p_eval, config=True)

@@ -148,7 +148,8 @@ def prepare(cfg: Config, force: bool = False) -> PrepareResult:
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     with atomic_directory(out) as tmp:
-        inter[["user", "item", "rating", "timestamp", "position", "split"]].to_csv(tmp / "interactions.csv", index=False)
+        columns = ["user", "item", "rating", "timestamp", "position", "split"]
+        inter[columns].to_csv(tmp / "interactions.csv", index=False)
         items_out[["item", "raw_id", "title", "year", "genres"]].to_csv(tmp / "items.csv", index=False)
         users_out[["user", "raw_id", "age", "gender", "occupation"]].to_csv(tmp / "users.csv", index=False)
         cfg.save(tmp, "config.yaml")  # the resolved config that produced this folder

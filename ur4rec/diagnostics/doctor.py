@@ -64,7 +64,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
             fix="use another checkpoint of the run (best-*.pt, last.pt) or retrain",
         ) from None
     if not isinstance(payload, dict) or "model" not in payload:
-        raise DoctorCannotRun("File is not a UR4Rec checkpoint.", where=str(path), fix="pass a file written by ur4rec train")
+        raise DoctorCannotRun("File is not a UR4Rec checkpoint.", where=str(path),
+                              fix="pass a file written by ur4rec train")
     return payload
 
 
@@ -126,8 +127,9 @@ def _sweep(v: Verdict, ws: Any, cfg: Config, batch_size: int) -> None:
     order = sorted(range(data.num_users), key=lambda u: len(hist[u]))
     users = torch.tensor(sorted(set(order[:batch_size // 2] + order[-(batch_size // 2):])))
     seq = pad_left([hist[u] for u in users.tolist()], cfg.max_seq_len)
-    cands = torch.cat([torch.as_tensor([data.held_out("valid")[u][0] for u in users.tolist()]).unsqueeze(1),
-                       torch.randint(1, data.num_items + 1, (len(users), 20), generator=torch.Generator().manual_seed(0))], 1)
+    targets = torch.as_tensor([data.held_out("valid")[u][0] for u in users.tolist()]).unsqueeze(1)
+    others = torch.randint(1, data.num_items + 1, (len(users), 20), generator=torch.Generator().manual_seed(0))
+    cands = torch.cat([targets, others], 1)
     rows = []
     first_bad = None
     for train in (True, False):

@@ -80,7 +80,8 @@ def reproduce_masked_attention_nan(max_seq_len: int = 10, seed: int = 0) -> dict
 def reproduce_bpr_overflow(margins: tuple[float, ...] = (-200.0, -100.0, -20.0, 0.0, 20.0)) -> dict[str, list[float]]:
     """(b) BPR as -log(sigmoid(x)) overflows to inf for large negative x; -logsigmoid(x) does not."""
     x = torch.tensor(margins, dtype=torch.float32)
-    return {"margin": x.tolist(), "naive": (-torch.log(torch.sigmoid(x))).tolist(), "workbench": (-F.logsigmoid(x)).tolist()}
+    return {"margin": x.tolist(), "naive": (-torch.log(torch.sigmoid(x))).tolist(),
+            "workbench": (-F.logsigmoid(x)).tolist()}
 
 
 def reproduce_inference_tensor_backward(dim: int = 8) -> dict[str, object]:
@@ -148,7 +149,8 @@ def skipped_batch_bias(per_user_metric, history_lengths, max_seq_len: int, batch
     keep_user = ~nan_user
     return {
         "all users": {"users": int(len(m)), "mean": float(m.mean())},
-        f"NaN batches skipped (batch {batch_size})": {"users": int(keep_batch.sum()),
-                                                      "mean": float(m[keep_batch].mean()) if keep_batch.any() else None},
-        "NaN users dropped": {"users": int(keep_user.sum()), "mean": float(m[keep_user].mean()) if keep_user.any() else None},
+        f"NaN batches skipped (batch {batch_size})": {
+            "users": int(keep_batch.sum()), "mean": float(m[keep_batch].mean()) if keep_batch.any() else None},
+        "NaN users dropped": {
+            "users": int(keep_user.sum()), "mean": float(m[keep_user].mean()) if keep_user.any() else None},
     }

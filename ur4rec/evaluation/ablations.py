@@ -104,8 +104,9 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
     if best is None:
         raise ValueError("select_final_model needs at least one checkpoint")
     value, stage, weight = best
+    best_pair = {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value}
     record: dict[str, Any] = {"metric": "valid ndcg@10 (fused, two-stage)", "table": table,
-                              "best_on_validation": {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value}}
+                              "best_on_validation": best_pair}
     baseline = next(iter(candidates))
     if weighted and (stage, weight) != (baseline, 0.0):
         model.load_state_dict(candidates[stage])

@@ -155,8 +155,9 @@ def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[s
         kept = test is not None and (best.get("stage"), best.get("retriever_weight")) != (
             selection["stage"], selection["retriever_weight"])
         if kept:
-            text = (f"the final model: the {selection['stage']} checkpoint at retriever weight 0 (SASRec's ranking), kept "
-                    f"because the best pair on validation ({best['stage']}, retriever weight {best['retriever_weight']}, "
+            text = (f"the final model: the {selection['stage']} checkpoint at retriever weight 0 (SASRec's ranking), "
+                    f"kept because the best pair on validation ({best['stage']}, retriever weight "
+                    f"{best['retriever_weight']}, "
                     f"{test['mean_difference']:+.4f}) was not significantly better (paired test p = "
                     f"{test['p_value']:.3f}, alpha {test['alpha']})")
         else:
@@ -327,7 +328,8 @@ def write_results(run_dir: str | Path, results: dict[str, Any]) -> None:
     atomic_write_text(Path(run_dir) / "eval.md", to_markdown(public))
 
 
-__all__ = ["MODELS", "breakdown_table", "breakdowns", "evaluate_models", "evaluate_run", "known_items_mask", "leaderboard",
+__all__ = ["MODELS", "breakdown_table", "breakdowns", "evaluate_models", "evaluate_run", "known_items_mask",
+           "leaderboard",
            "two_stage_vs_exact"]
 
 

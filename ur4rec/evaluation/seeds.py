@@ -113,7 +113,8 @@ def _selection_sentence(summary: dict[str, Any]) -> list[str]:
                      f"{test['mean_difference']:+.4f} over SASRec alone, paired-test p = {test['p_value']:.3f}: "
                      "not significant, not kept)")
         parts.append(text)
-    lines = ["Final model per seed (stage checkpoint × retriever weight, chosen on validation): " + "; ".join(parts) + "."]
+    lines = ["Final model per seed (stage checkpoint × retriever weight, chosen on validation): "
+             + "; ".join(parts) + "."]
     if all(c and c.get("retriever_weight") == 0.0 and c.get("stage") == "pretrain_retriever" for c in chosen.values()):
         lines.append("On every seed validation gave the text branch weight 0: the fused model is SASRec alone.")
     return lines + [""]

@@ -84,7 +84,8 @@ class UR4RecV2MoE(nn.Module):
         if self.adaptive is not None:
             yield from self.adaptive.parameters()
 
-    def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor, sasrec_user: torch.Tensor) -> torch.Tensor:
+    def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor,
+                       sasrec_user: torch.Tensor) -> torch.Tensor:
         """[B, 2] weights (SASRec, retriever); SASRec's is 0 for users without history."""
         b = len(user_ids)
         if self.fusion_method == "weighted":

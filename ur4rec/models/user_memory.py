@@ -28,7 +28,8 @@ class UserMemory(nn.Module):
         if update_trigger not in TRIGGERS:
             raise ValueError(f"update_trigger must be one of {TRIGGERS}, got {update_trigger!r}")
         self.size, self.trigger = max_memory_size, update_trigger
-        self.interaction_threshold, self.drift_threshold, self.decay = interaction_threshold, drift_threshold, decay_factor
+        self.interaction_threshold, self.drift_threshold = interaction_threshold, drift_threshold
+        self.decay = decay_factor
         self.gru = nn.GRUCell(dim, dim)
         self.gate = nn.Linear(2 * dim, dim)
         self.register_buffer("slots", torch.zeros(num_users, max_memory_size, dim))

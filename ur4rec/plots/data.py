@@ -25,7 +25,7 @@ def dataset_summary(data: PreparedData) -> pd.DataFrame:
         ("validation held-out items", int((inter["split"] == "valid").sum())),
         ("test held-out items", int((inter["split"] == "test").sum())),
         ("split", meta["params"]["split"]),
-        ("min_rating", meta["params"]["min_rating"] if meta["params"]["min_rating"] is not None else "none (all ratings)"),
+        ("min_rating", "none (all ratings)" if meta["params"]["min_rating"] is None else meta["params"]["min_rating"]),
         ("source", f"{meta['source']['origin']} ({meta['source']['format']} files)"),
         ("fingerprint", data.fingerprint[:12]),
     ]

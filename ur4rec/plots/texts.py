@@ -32,7 +32,8 @@ def user_texts_with_history(data: PreparedData, emb: TextEmbeddings, users: Sequ
     rows = []
     for u in users:
         hist = view.user_rows(u)
-        latest = "; ".join(f"{t} ({r:g})" for t, r in zip(hist["title"].tail(n_history), hist["rating"].tail(n_history)))
+        recent = zip(hist["title"].tail(n_history), hist["rating"].tail(n_history))
+        latest = "; ".join(f"{t} ({r:g})" for t, r in recent)
         rows.append({"user": int(u), "training films": len(hist), f"latest {n_history} (rating)": latest,
                      "text origin": emb.user_origins[u] if emb.user_origins else emb.origin,
                      "text": emb.user_texts[u]})
@@ -95,7 +96,8 @@ def nearest_neighbours(data: PreparedData, emb: TextEmbeddings, titles: Sequence
         sims[0] = -np.inf
         sims[i] = -np.inf
         for rank, j in enumerate(np.argsort(-sims, kind="stable")[:k], start=1):
-            rows.append({"film": names[i], "rank": rank, "neighbour": names[int(j)], "cosine": round(float(sims[j]), 3)})
+            rows.append({"film": names[i], "rank": rank, "neighbour": names[int(j)],
+                         "cosine": round(float(sims[j]), 3)})
     return pd.DataFrame(rows)
 
 

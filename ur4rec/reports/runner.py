@@ -189,7 +189,8 @@ def _run_one(path: Path, out_dir: Path, params: dict[str, Any]) -> NotebookResul
         )
         status = "ok"
     except Exception as exc:  # papermill saved the notebook with the traceback; report it
-        status, error = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        status, error = "failed", f"{type(exc).__name__}: {last_line}"
     seconds = time.perf_counter() - t0
     html_rel = None
     if executed.is_file():
@@ -278,7 +279,8 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>UR4Rec Workbench reports ({html.escape(meta['profile'])})</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}}
+table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 10px;text-align:left;vertical-align:top}}
 pre{{background:#f6f8fa;padding:1em;overflow:auto;max-height:30em}}</style></head><body>
 <h1>UR4Rec Workbench — {html.escape(meta['profile'])} profile</h1>
 {leaderboard}

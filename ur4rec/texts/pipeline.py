@@ -244,7 +244,8 @@ class BuildResult:
     def to_dict(self) -> dict[str, Any]:
         t = self.texts
         return {
-            "source": t.source, "model": t.model, "origin": t.origin, "origin_label": ORIGIN_LABEL.get(t.origin, t.origin),
+            "source": t.source, "model": t.model, "origin": t.origin,
+            "origin_label": ORIGIN_LABEL.get(t.origin, t.origin),
             "users": sum(x is not None for x in t.users), "items": sum(x is not None for x in t.items[1:]),
             "dim": int(self.user.shape[1]), "encoder": self.encoder.name, "encoder_key": self.encoder.key,
             "encoder_origin": self.encoder.origin, "new_texts": t.new_texts, "new_embeddings": self.new_embeddings,
@@ -277,7 +278,8 @@ def build_texts(cfg: Config, data: PreparedData, limit: int | None = None, progr
                 np.save(buf, mat)
                 atomic_write_bytes(out / name, buf.getvalue())
             atomic_write_json(meta_path, {"text_hash": text_hash, "encoder": spec.name, "encoder_key": spec.key,
-                                          "dim": int(user.shape[1]), "users": len(ts.users), "items": len(ts.items) - 1})
+                                          "dim": int(user.shape[1]), "users": len(ts.users),
+                                          "items": len(ts.items) - 1})
         outputs = {"user_embeddings": str(out / "user.npy"), "item_embeddings": str(out / "item.npy")}
     return BuildResult(ts, user, item, spec, n_user + n_item, time.perf_counter() - t0, outputs)
 

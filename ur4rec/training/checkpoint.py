@@ -55,7 +55,8 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> d
     diffs: dict[str, tuple[Any, Any]] = {}
     # Compare semantic keys only, on both sides: a checkpoint written when a key still counted as
     # semantic (e.g. eval_ks) is not stale because of it.
-    semantic = [{k: v for k, v in fp.get("config", {}).items() if k not in NON_SEMANTIC_KEYS} for fp in (saved, current)]
+    semantic = [{k: v for k, v in fp.get("config", {}).items() if k not in NON_SEMANTIC_KEYS}
+                for fp in (saved, current)]
     for key, pair in diff_configs(*semantic).items():
         diffs[key] = pair
     for part in ("data", "texts", "code_version"):

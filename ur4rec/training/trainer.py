@@ -129,7 +129,8 @@ class JointTrainer:
         self.skipped_steps = 0
 
     # ------------------------------------------------------------------ losses
-    def sasrec_loss(self, seq: torch.Tensor, tgt: torch.Tensor, users: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def sasrec_loss(self, seq: torch.Tensor, tgt: torch.Tensor, users: torch.Tensor,
+                    g: torch.Generator) -> torch.Tensor:
         neg = None
         if self.cfg.loss_type != "ce":
             neg = sample_negatives(users, tgt.shape[1], self.known, g).view_as(tgt)
@@ -157,7 +158,8 @@ class JointTrainer:
                                                self.cfg.rerank_top_r, g))
         return torch.cat(parts, dim=1)
 
-    def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor,
+                       g: torch.Generator) -> torch.Tensor:
         scores = self.model.retriever(users, self.candidates(users, seq, tgt, g))["scores"]
         return self._candidate_loss(scores)
 
@@ -189,7 +191,8 @@ class JointTrainer:
 
         return validation_metric(model, self.data, self.cfg, stage)
 
-    def _step_losses(self, stage: str, step: int, users, seq, tgt, g, alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
+    def _step_losses(self, stage: str, step: int, users, seq, tgt, g,
+                     alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
         if stage == "pretrain_sasrec":
             return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
