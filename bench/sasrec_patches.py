@@ -34,25 +34,16 @@ import ur4rec.models.sasrec as sasrec  # noqa: E402
 import ur4rec.training.trainer as trainer  # noqa: E402
 
 
-def _positions_from_start(input_seq: torch.Tensor) -> torch.Tensor:
-    return ((input_seq != 0).long().cumsum(1) - 1).clamp(min=0)
-
-
 def positions_from_start() -> None:
-    def forward(self, input_seq):
-        keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
-        x = self.item_embedding(input_seq) * self.hidden_dim**0.5 + self.position_embedding(
-            _positions_from_start(input_seq))
-        x = self.emb_dropout(x) * keep
-        mask = sasrec.attention_mask(input_seq)
-        for block in self.blocks:
-            x = block(x, mask) * keep
-        return self.final_ln(x) * keep
+    def position_ids(self, input_seq):
+        return ((input_seq != 0).long().cumsum(1) - 1).clamp(min=0)  # [B, L]: 0 at the first real item
 
-    sasrec.SASRec.forward = forward
+    sasrec.SASRec.position_ids = position_ids
 
 
 def recbole_arch() -> None:
+    positions_from_start()
+
     def block_forward(self, x, attn_mask):
         b, length, h = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
@@ -65,7 +56,7 @@ def recbole_arch() -> None:
 
     def forward(self, input_seq):
         keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
-        x = self.final_ln(self.item_embedding(input_seq) + self.position_embedding(_positions_from_start(input_seq)))
+        x = self.final_ln(self.item_embedding(input_seq) + self.position_embedding(self.position_ids(input_seq)))
         x = self.emb_dropout(x) * keep
         mask = sasrec.attention_mask(input_seq)
         for block in self.blocks:

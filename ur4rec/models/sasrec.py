@@ -82,15 +82,20 @@ class SASRec(nn.Module):
             with torch.no_grad():
                 m.weight[m.padding_idx].zero_()
 
+    def position_ids(self, input_seq: torch.Tensor) -> torch.Tensor:
+        """Position ids of a [B, L] input: [L], counting back from the end, so the latest item always
+        has the same id (RecBole counts from the first item instead: bench/sasrec_patches.py)."""
+        length = input_seq.shape[1]
+        return torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
+
     def forward(self, input_seq: torch.Tensor) -> torch.Tensor:
         """Hidden states for every position: [B, L, H] (padded positions are zero)."""
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
         keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
-        pos = torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
-        # positions count back from the end, so the latest item always has the same position id
-        x = self.item_embedding(input_seq) * self.hidden_dim**0.5 + self.position_embedding(pos)
+        pos = self.position_embedding(self.position_ids(input_seq))
+        x = self.item_embedding(input_seq) * self.hidden_dim**0.5 + pos
         x = self.emb_dropout(x) * keep
         mask = attention_mask(input_seq)
         for block in self.blocks:
@@ -102,8 +107,8 @@ class SASRec(nn.Module):
         """Attention probabilities of every block and head: [B, blocks, heads, L, L] (for plots)."""
         length = input_seq.shape[1]
         keep = (input_seq != 0).unsqueeze(-1).float()
-        pos = torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
-        x = (self.item_embedding(input_seq) * self.hidden_dim**0.5 + self.position_embedding(pos)) * keep
+        x = (self.item_embedding(input_seq) * self.hidden_dim**0.5
+             + self.position_embedding(self.position_ids(input_seq))) * keep
         mask = attention_mask(input_seq)
         maps = []
         for block in self.blocks:
