@@ -71,6 +71,7 @@ bench: setup bench-env
 	@test -f $(BENCH_RUN)/eval.json || $(VENV)/bin/ur4rec evaluate --run-dir $(BENCH_RUN) --json >/dev/null
 	$(PY) bench/evaluation.py --run-dir $(BENCH_RUN) --json
 	$(PY) bench/accuracy.py --run-dir $(BENCH_RUN) --json
+	$(BENCH_VENV)/bin/python bench/recbole_equivalence.py --json
 
 clean-reports:
 	rm -rf reports/quick reports/full

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
@@ -30,19 +31,27 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import ur4rec.models.sasrec as sasrec  # noqa: E402
-import ur4rec.training.trainer as trainer  # noqa: E402
+
+def _sasrec_module(module: ModuleType | None) -> ModuleType:
+    """ur4rec.models.sasrec, or the given copy of it (bench/recbole_equivalence.py loads the file alone
+    in the benchmark venv, which lacks the package's other dependencies)."""
+    if module is None:
+        import ur4rec.models.sasrec as module
+    return module
 
 
-def positions_from_start() -> None:
+def positions_from_start(sasrec: ModuleType | None = None) -> None:
+    sasrec = _sasrec_module(sasrec)
+
     def position_ids(self, input_seq):
         return ((input_seq != 0).long().cumsum(1) - 1).clamp(min=0)  # [B, L]: 0 at the first real item
 
     sasrec.SASRec.position_ids = position_ids
 
 
-def recbole_arch() -> None:
-    positions_from_start()
+def recbole_arch(sasrec: ModuleType | None = None) -> None:
+    sasrec = _sasrec_module(sasrec)
+    positions_from_start(sasrec)
 
     def block_forward(self, x, attn_mask):
         b, length, h = x.shape
@@ -68,6 +77,8 @@ def recbole_arch() -> None:
 
 
 def ema(decay: float = 0.999) -> None:
+    import ur4rec.training.trainer as trainer
+
     init, epoch = trainer.JointTrainer.__init__, trainer.JointTrainer._epoch
 
     def patched_init(self, *args, **kwargs):

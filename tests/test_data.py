@@ -183,6 +183,23 @@ def test_failed_rebuild_keeps_the_previous_output(tmp_cfg, grouplens_dir: Path, 
     assert PreparedData.load(good.path).meta["fingerprint"] == good.fingerprint
 
 
+def test_training_prefixes_give_each_target_its_own_sample_read_at_the_last_position() -> None:
+    import numpy as np
+
+    from ur4rec.data.batching import training_prefixes
+
+    inputs, targets, owners = training_prefixes([np.arange(1, 8), np.arange(20, 23)], 4)
+    assert inputs.shape == targets.shape == (6 + 2, 4)
+    assert (targets[:, :-1] == 0).all()  # the loss is on the last position only
+    assert targets[:, -1].tolist() == [2, 3, 4, 5, 6, 7, 21, 22]
+    assert owners.tolist() == [0] * 6 + [1] * 2
+    # the input is the target's <= max_len predecessors, left-padded, most recent last
+    assert inputs[0].tolist() == [0, 0, 0, 1]
+    assert inputs[3].tolist() == [1, 2, 3, 4]
+    assert inputs[5].tolist() == [3, 4, 5, 6]  # cut to max_len
+    assert inputs[7].tolist() == [0, 0, 20, 21]
+
+
 def test_training_windows_use_every_target_once_with_or_without_overlap() -> None:
     import numpy as np
 

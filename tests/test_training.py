@@ -18,7 +18,7 @@ from ur4rec.training.seeding import seed_everything
 
 SMALL = {"max_seq_len": 8, "sasrec_hidden_dim": 16, "sasrec_num_heads": 2, "retriever_output_dim": 16,
          "moe_num_heads": 2, "moe_num_proxies": 2, "max_memory_size": 2, "epochs_per_stage": 2, "batch_size": 16,
-         "patience": 2, "rerank_top_r": 10, "min_user_interactions": 5}
+         "patience": 2, "rerank_top_r": 10, "min_user_interactions": 5, "sasrec_epochs": None}
 
 
 class RandomTexts:
@@ -342,13 +342,30 @@ def test_fusion_weight_grid_is_validated(tmp_cfg) -> None:
 
 
 def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_path: Path) -> None:
-    ws = small(sasrec_batch_size=4, stages=["pretrain_sasrec", "pretrain_retriever"], epochs_per_stage=1)
+    ws = small(sasrec_sampling="windows", sasrec_batch_size=4, stages=["pretrain_sasrec", "pretrain_retriever"],
+               epochs_per_stage=1)
     trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "b", progress=False)
     trainer.fit()
     steps = {r["stage"]: r["step"] for r in _history(tmp_path / "b")}
     windows = len(trainer.inputs)
     assert steps["pretrain_sasrec"] == -(-windows // 4)
     assert steps["pretrain_retriever"] == -(-windows // 16)
+
+
+def test_prefix_sampling_and_sasrec_epochs_apply_to_pretrain_sasrec_only(small, tmp_path: Path) -> None:
+    ws = small(sasrec_sampling="prefixes", sasrec_batch_size=64, stages=["pretrain_sasrec", "pretrain_retriever"],
+               sasrec_epochs=2, epochs_per_stage=1)
+    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "p", progress=False)
+    result = trainer.fit()
+    targets = sum(len(s) - 1 for s in ws.data.train_sequences())
+    assert len(trainer.samples("pretrain_sasrec")[0]) == targets
+    assert len(trainer.samples("pretrain_retriever")[0]) == len(trainer.inputs) < targets
+    history = _history(tmp_path / "p")
+    assert [r["stage"] for r in history] == ["pretrain_sasrec"] * 2 + ["pretrain_retriever"]  # sasrec_epochs
+    steps = {r["stage"]: r["step"] for r in history}
+    assert steps["pretrain_sasrec"] == 2 * -(-targets // 64)
+    assert steps["pretrain_retriever"] == -(-len(trainer.inputs) // 16)
+    assert result.skipped_steps == 0
 
 
 def test_seeds_report_says_when_validation_gave_the_text_branch_no_weight() -> None:

@@ -156,6 +156,12 @@ class Config(BaseModel):
     #: every position of a window, so a window carries ~40 targets on ML-100K: 16 windows are ~650
     #: targets per step (RecBole: 256 prefixes), twice the optimizer steps per epoch of 32.
     sasrec_batch_size: int | None = Field(None, ge=1)
+    #: Epochs of pretrain_sasrec at most (None = epochs_per_stage).
+    sasrec_epochs: int | None = Field(None, ge=1)
+    #: Samples of pretrain_sasrec: "windows" (training_windows: one pass covers up to max_seq_len
+    #: targets) or "prefixes" (one sample per target, the loss at its last position only, as RecBole
+    #: trains; ~40x the compute per epoch, so pair it with sasrec_batch_size ~256).
+    sasrec_sampling: Literal["windows", "prefixes"] = "windows"
     num_workers: int = Field(0, ge=0)
     num_negatives: int = Field(1, ge=1)
     #: SASRec loss: "ce" (softmax over the catalogue), "bpr" (-logsigmoid(pos-neg)), "bce".

@@ -57,3 +57,24 @@ def training_windows(seqs: Sequence[np.ndarray], max_len: int, stride: int | Non
             targets.append(tgt)
             owners.append(owner)
     return pad_left(inputs, max_len), pad_left(targets, max_len), torch.as_tensor(owners, dtype=torch.long)
+
+
+def training_prefixes(seqs: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample per target, as RecBole and the SASRec paper's code train: the target's ≤ ``max_len``
+    predecessors as input, the loss on the last position only.
+
+    Each target then gets its own forward pass (and dropout mask) over its own context, read at the
+    position evaluation reads; ``training_windows`` shares one pass among up to ``max_len`` targets,
+    about 40 times cheaper per epoch on ML-100K. Returns left-padded (inputs, targets) [T, max_len]
+    (targets are 0 except the last column) and the sequence index of each sample [T].
+    """
+    inputs, owners, last = [], [], []
+    for owner, s in enumerate(seqs):
+        s = np.asarray(s, dtype=np.int64)
+        for t in range(1, len(s)):
+            inputs.append(s[max(0, t - max_len):t])
+            last.append(s[t])
+            owners.append(owner)
+    targets = torch.zeros(len(inputs), max_len, dtype=torch.long)
+    targets[:, -1] = torch.as_tensor(last, dtype=torch.long)
+    return pad_left(inputs, max_len), targets, torch.as_tensor(owners, dtype=torch.long)

@@ -28,7 +28,7 @@ from ur4rec.io import atomic_write_bytes, sha256_json
 #: Keys that change where things live or how a finished model is evaluated, not the weights: a
 #: checkpoint stays valid when only these differ.
 NON_SEMANTIC_KEYS = {"data_dir", "runs_dir", "reports_dir", "profile", "num_workers", "data_path", "data_source",
-                     "allow_download", "epochs_per_stage", "patience", "eval_ks", "exact_catalogue",
+                     "allow_download", "epochs_per_stage", "sasrec_epochs", "patience", "eval_ks", "exact_catalogue",
                      "sampled_negatives", "sampled_strategy"}
 
 

@@ -16,8 +16,9 @@ beats SASRec alone in a paired test over validation users, else SASRec alone
 (``ur4rec.evaluation.ablations.select_final_model``): a joint stage or a text branch that does not
 help on validation is not shipped.
 
-``pretrain_sasrec`` steps over ``sasrec_batch_size`` windows (default ``batch_size``); the other
-stages over ``batch_size``.
+``pretrain_sasrec`` steps over ``sasrec_batch_size`` samples (default ``batch_size``) — windows,
+or with ``sasrec_sampling: prefixes`` one sample per target as RecBole trains; the other stages
+over ``batch_size`` windows.
 
 Two AdamW optimizers (``sasrec_lr`` for SASRec; ``retriever_lr`` for the retriever, fusion and
 loss weights), linear warmup then cosine decay per stage, gradient clipping. A non-finite loss or
@@ -41,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ur4rec.config import Config
-from ur4rec.data.batching import training_windows
+from ur4rec.data.batching import training_prefixes, training_windows
 from ur4rec.data.dataset import PreparedData
 from ur4rec.diagnostics.hooks import find_first_nonfinite
 from ur4rec.errors import UR4RecError
@@ -120,6 +121,8 @@ class JointTrainer:
         self.known = known_matrix(train, data.num_items)
         self.inputs, self.targets, self.window_users = training_windows(train, cfg.max_seq_len,
                                                                         cfg.train_window_stride)
+        self.prefixes = (training_prefixes(train, cfg.max_seq_len) if cfg.sasrec_sampling == "prefixes"
+                         and "pretrain_sasrec" in cfg.stages else None)
         self.log_vars = nn.Parameter(torch.zeros(3))  # uncertainty weighting (Kendall et al.)
         self.sasrec_opt = torch.optim.AdamW(list(model.sasrec_parameters()), lr=cfg.sasrec_lr,
                                             weight_decay=cfg.weight_decay)
@@ -253,12 +256,26 @@ class JointTrainer:
             return self.cfg.sasrec_batch_size
         return self.cfg.batch_size
 
+    def epochs(self, stage: str) -> int:
+        """Epochs of ``stage`` at most (early stopping may end it sooner)."""
+        if stage == "pretrain_sasrec" and self.cfg.sasrec_epochs:
+            return self.cfg.sasrec_epochs
+        return self.cfg.epochs_per_stage
+
+    def samples(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, sequence index) that ``stage`` steps over: the windows, or in
+        ``pretrain_sasrec`` with ``sasrec_sampling: prefixes`` one sample per target."""
+        if stage == "pretrain_sasrec" and self.prefixes is not None:
+            return self.prefixes
+        return self.inputs, self.targets, self.window_users
+
     def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int) -> tuple[dict, int]:
         cfg = self.cfg
         batch_size = self.batch_size(stage)
         seed_everything(cfg.seed, "epoch", stage_idx, epoch)
         g = generator(cfg.seed, "sampler", stage_idx, epoch)
-        order = torch.randperm(len(self.inputs), generator=g)
+        inputs, targets, owners = self.samples(stage)
+        order = torch.randperm(len(inputs), generator=g)
         self.model.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -270,7 +287,7 @@ class JointTrainer:
         for start in bar:
             self._set_lr(global_step, total_steps)
             idx = order[start:start + batch_size]
-            seq, tgt, users = self.inputs[idx], self.targets[idx], self.window_users[idx]
+            seq, tgt, users = inputs[idx], targets[idx], owners[idx]
             losses, opts = self._step_losses(stage, global_step, users, seq, tgt, g, alt_state)
             total = self._total(losses)
             step_ok = True
@@ -342,8 +359,9 @@ class JointTrainer:
         for stage_idx in range(start_stage, len(cfg.stages)):
             stage = cfg.stages[stage_idx]
             self._set_trainable(stage)
-            n_batches = math.ceil(len(self.inputs) / self.batch_size(stage))
-            total = n_batches * cfg.epochs_per_stage
+            n_batches = math.ceil(len(self.samples(stage)[0]) / self.batch_size(stage))
+            n_epochs = self.epochs(stage)
+            total = n_batches * n_epochs
             if stage_idx == start_stage and state:
                 best, best_epoch, bad_epochs, stage_t = state["best"], state["best_epoch"], state["bad"], state["t"]
                 epoch0 = start_epoch
@@ -351,7 +369,7 @@ class JointTrainer:
                 best, best_epoch, bad_epochs, stage_t, epoch0 = -1.0, -1, 0, 0.0, 0
             step = epoch0 * n_batches
             stopped = False
-            for epoch in range(epoch0, cfg.epochs_per_stage):
+            for epoch in range(epoch0, n_epochs):
                 te = time.perf_counter()
                 record, step = self._epoch(stage, stage_idx, epoch, total, step)
                 metric = self.evaluate(self.model, stage)
@@ -371,7 +389,7 @@ class JointTrainer:
                 else:
                     bad_epochs += 1
                 stopped = bad_epochs >= cfg.patience
-                last_epoch = cfg.epochs_per_stage - 1 if stopped else epoch
+                last_epoch = n_epochs - 1 if stopped else epoch
                 stage_state = {"best": best, "best_epoch": best_epoch,
                                "bad": bad_epochs, "t": stage_t}
                 save_checkpoint(self.run_dir / "last.pt", self._payload(
