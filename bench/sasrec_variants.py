@@ -130,7 +130,7 @@ def main() -> None:
                   f"{s['mean_diff_vs_default']:+.4f} |")
     secs = sum(r["seconds"] for r in runs.values())
     md += ["", f"(eN) = best epoch. {len(runs)} runs, {secs:.0f} s of training in all (sum of epoch times, one "
-           f"thread each, {args.jobs} at once).", ""]
+           f"thread each; up to two at once, so times are of a shared machine).", ""]
     publish("sasrec_variants", result, md, args.json)
 
 

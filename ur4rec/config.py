@@ -152,9 +152,10 @@ class Config(BaseModel):
     #: max_seq_len: no overlap). Smaller strides give early targets of long histories more
     #: context (at least max_seq_len - stride items), as RecBole's one-sample-per-prefix does.
     train_window_stride: int | None = Field(None, ge=1)
-    #: Windows per optimizer step in pretrain_sasrec (None = batch_size). SASRec's loss covers
-    #: every position of a window, so a window carries ~40 targets on ML-100K: 16 windows are ~650
-    #: targets per step (RecBole: 256 prefixes), twice the optimizer steps per epoch of 32.
+    #: Samples per optimizer step in pretrain_sasrec (None = batch_size): windows, or prefixes
+    #: with sasrec_sampling: prefixes. SASRec's loss covers every position of a window, so a window
+    #: carries ~40 targets on ML-100K: 16 windows are ~650 targets per step (RecBole: 256
+    #: prefixes), twice the optimizer steps per epoch of 32.
     sasrec_batch_size: int | None = Field(None, ge=1)
     #: Epochs of pretrain_sasrec at most (None = epochs_per_stage).
     sasrec_epochs: int | None = Field(None, ge=1)

@@ -251,7 +251,7 @@ class JointTrainer:
                 grp["lr"] = base * factor
 
     def batch_size(self, stage: str) -> int:
-        """Windows per optimizer step in ``stage``."""
+        """Samples (windows, or prefixes in pretrain_sasrec) per optimizer step in ``stage``."""
         if stage == "pretrain_sasrec" and self.cfg.sasrec_batch_size:
             return self.cfg.sasrec_batch_size
         return self.cfg.batch_size
