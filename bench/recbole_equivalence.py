@@ -20,7 +20,7 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from bench.sasrec_patches import recbole_arch  # noqa: E402
 N_ITEMS, HIDDEN, MAX_LEN, USERS = 1682, 64, 50, 200
 
 
-def load_our_sasrec():
+def load_our_sasrec() -> ModuleType:
     spec = importlib.util.spec_from_file_location("ur4rec_sasrec_alone", ROOT / "ur4rec" / "models" / "sasrec.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

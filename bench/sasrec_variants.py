@@ -42,7 +42,7 @@ DEFAULT_VARIANTS = {
     "stride 10, 80 windows per step": {"train_window_stride": "10", "sasrec_batch_size": "80"},
     "no gradient clipping": {"grad_clip": "1000"},
     "batch 8": {"sasrec_batch_size": "8"},
-    # RecBole's sampling: one sample per target, 256 per step (~40x the compute of an epoch of windows,
+    # RecBole's sampling: one sample per target, 256 per step (~20x the time of an epoch of windows,
     # so 15 epochs: RecBole's own runs stopped after 12-16)
     "prefixes, 256 per step, 15 epochs": {"sasrec_sampling": "prefixes", "sasrec_batch_size": "256",
                                           "epochs_per_stage": "15"},

@@ -161,7 +161,7 @@ class Config(BaseModel):
     sasrec_epochs: int | None = Field(None, ge=1)
     #: Samples of pretrain_sasrec: "windows" (training_windows: one pass covers up to max_seq_len
     #: targets) or "prefixes" (one sample per target, the loss at its last position only, as RecBole
-    #: trains; ~40x the compute per epoch, so pair it with sasrec_batch_size ~256).
+    #: trains; ~20x the time per epoch on ML-100K here, so pair it with sasrec_batch_size ~256).
     sasrec_sampling: Literal["windows", "prefixes"] = "windows"
     num_workers: int = Field(0, ge=0)
     num_negatives: int = Field(1, ge=1)
