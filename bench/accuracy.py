@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from ur4rec.config import load_config  # noqa: E402
 from ur4rec.data import load_prepared  # noqa: E402
+from ur4rec.data.batching import training_prefixes  # noqa: E402
 from ur4rec.data.dataset import PreparedData  # noqa: E402
 from ur4rec.evaluation.evaluate import _entry  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
@@ -50,10 +51,10 @@ def export_split(data: PreparedData, folder: Path) -> dict[str, int]:
     folder.mkdir(parents=True, exist_ok=True)
     header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
     counts = {}
-    rows = []
-    for user, seq in enumerate(data.train_sequences()):
-        for t in range(1, len(seq)):
-            rows.append(f"{user}\t{' '.join(map(str, seq[max(0, t - MAX_LEN):t]))}\t{seq[t]}\n")
+    # one row per training target: the samples of ``sasrec_sampling: prefixes``, padding dropped
+    inputs, targets, users = training_prefixes(data.train_sequences(), MAX_LEN)
+    rows = [f"{u}\t{' '.join(str(i) for i in x if i)}\t{y}\n"
+            for u, x, y in zip(users.tolist(), inputs.tolist(), targets[:, -1].tolist())]
     counts["train"] = len(rows)
     (folder / f"{DATASET}.train.inter").write_text(header + "".join(rows))
     for split in ("valid", "test"):
