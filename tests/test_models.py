@@ -142,6 +142,7 @@ def test_sasrec_finite_for_every_length_mode_and_grad_context(batch_size: int, d
             assert torch.isfinite(hidden).all(), (width, train, ctx.__name__)
             assert (hidden[seq == 0] == 0).all(), "padded positions must be zero"
             assert torch.isfinite(model.full_sort_predict(seq)).all()
+            assert torch.isfinite(model(seq, last_only=True)).all()
 
 
 def test_sasrec_attention_rows_are_never_empty() -> None:
@@ -184,6 +185,35 @@ def test_sasrec_losses_finite_and_backpropagate(loss_type: str) -> None:
         with torch.no_grad():
             model.item_embedding.weight.mul_(1e4)
         assert torch.isfinite(model.calculate_loss(seq, tgt, "bpr", torch.randint(1, N + 1, seq.shape)))
+
+
+@pytest.mark.parametrize("loss_type", ["ce", "bpr", "bce"])
+def test_sasrec_last_only_pass_equals_the_full_pass_in_eval_mode(loss_type: str) -> None:
+    """Prefix samples (the target in the last column only) train with ``last_only``: the last block
+    computes one query row. Without dropout that is the same function: hidden state, loss and every
+    parameter's gradient match the full pass, for every history length including none."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    seq = _seq(40, L, g)  # lengths 0..L, left-padded
+    tgt = torch.zeros_like(seq)
+    tgt[:, -1] = torch.randint(1, N + 1, (40,), generator=g)
+    neg = torch.randint(1, N + 1, seq.shape, generator=g)
+    grads, losses = [], []
+    for last_only in (False, True):
+        torch.manual_seed(0)
+        model = SASRec(N, 16, 2, 2, 0.3, L).eval()  # same seed, same weights; eval: no dropout
+        loss = model.calculate_loss(seq, tgt, loss_type, neg, last_only=last_only)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        with torch.no_grad():
+            assert torch.allclose(model(seq, last_only=True), model(seq)[:, -1:], atol=1e-6)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    with pytest.raises(ValueError, match="before the last column"):
+        model.calculate_loss(seq, torch.where(seq != 0, 1, 0), loss_type, neg, last_only=True)
 
 
 # ---------------------------------------------------------------------------------------- fused finiteness

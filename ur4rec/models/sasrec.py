@@ -39,13 +39,17 @@ class SASRecBlock(nn.Module):
                                  nn.Linear(4 * hidden_dim, hidden_dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H], or [B, 1, H] with ``last_only``: only the last position's query,
+        residual and feed-forward (keys and values still cover every position)."""
         b, length, h = x.shape
         q, k, v = self.qkv(self.ln_attn(x)).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L, d]
+        if last_only:
+            q, x, attn_mask = q[:, -1:], x[:, -1:], attn_mask[..., -1:, :]
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L or 1, d]
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, length, h)))
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], h)))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
 
 
@@ -88,8 +92,13 @@ class SASRec(nn.Module):
         length = input_seq.shape[1]
         return torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
 
-    def forward(self, input_seq: torch.Tensor) -> torch.Tensor:
-        """Hidden states for every position: [B, L, H] (padded positions are zero)."""
+    def forward(self, input_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Hidden states for every position: [B, L, H] (padded positions are zero).
+
+        ``last_only``: only the last position's, [B, 1, H]. The last block then computes one query
+        row instead of L (nothing else reads the others), about half the work of a 2-block pass;
+        in eval mode the result equals ``forward(input_seq)[:, -1:]`` (tests/test_models.py).
+        """
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
@@ -98,9 +107,12 @@ class SASRec(nn.Module):
         x = self.item_embedding(input_seq) * self.hidden_dim**0.5 + pos
         x = self.emb_dropout(x) * keep
         mask = attention_mask(input_seq)
-        for block in self.blocks:
-            x = block(x, mask) * keep
-        return self.final_ln(x) * keep
+        for i, block in enumerate(self.blocks):
+            last = last_only and i == len(self.blocks) - 1
+            x = block(x, mask, last_only=last) * (keep[:, -1:] if last else keep)
+        if last_only and not self.blocks:
+            x = x[:, -1:]
+        return self.final_ln(x) * keep[:, -x.shape[1]:]
 
     @torch.no_grad()
     def attention_maps(self, input_seq: torch.Tensor) -> torch.Tensor:
@@ -121,7 +133,7 @@ class SASRec(nn.Module):
 
     def user_representation(self, input_seq: torch.Tensor) -> torch.Tensor:
         """The last position's hidden state: [B, H] (zeros for a user with no history)."""
-        return self.forward(input_seq)[:, -1]
+        return self.forward(input_seq, last_only=True)[:, -1]
 
     def predict(self, input_seq: torch.Tensor, candidate_items: torch.Tensor) -> torch.Tensor:
         """Scores of given candidates: [B, C]."""
@@ -133,14 +145,22 @@ class SASRec(nn.Module):
         return self.user_representation(input_seq) @ self.item_embedding.weight.T
 
     def calculate_loss(self, input_seq: torch.Tensor, target_seq: torch.Tensor, loss_type: str = "ce",
-                       neg_items: torch.Tensor | None = None) -> torch.Tensor:
+                       neg_items: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Next-item loss over every non-padded position (target 0 = ignore).
 
         ``ce``: softmax over the whole catalogue (padding column excluded). ``bpr``:
         -logsigmoid(pos - neg), never -log(sigmoid(.)) which overflows to inf for large negative
         margins. ``bce``: binary cross-entropy with logits on the positive and the negative.
+        ``last_only``: the targets sit in the last column only (``training_prefixes``), so only
+        that position is computed (``forward(last_only=True)``).
         """
-        hidden = self.forward(input_seq)
+        if last_only:
+            if target_seq[:, :-1].any():
+                raise ValueError("last_only=True but target_seq has targets before the last column; "
+                                 "use last_only=False for training_windows samples")
+            target_seq = target_seq[:, -1:]
+            neg_items = None if neg_items is None else neg_items[:, -1:]
+        hidden = self.forward(input_seq, last_only=last_only)
         valid = target_seq != 0
         h = hidden[valid]  # [P, H]
         pos = target_seq[valid]

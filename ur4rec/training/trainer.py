@@ -133,11 +133,13 @@ class JointTrainer:
 
     # ------------------------------------------------------------------ losses
     def sasrec_loss(self, seq: torch.Tensor, tgt: torch.Tensor, users: torch.Tensor,
-                    g: torch.Generator) -> torch.Tensor:
+                    g: torch.Generator, last_only: bool = False) -> torch.Tensor:
+        """SASRec's next-item loss; ``last_only`` for prefix samples (their one target is last)."""
         neg = None
         if self.cfg.loss_type != "ce":
             neg = sample_negatives(users, tgt.shape[1], self.known, g).view_as(tgt)
-        return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg)
+        return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg,
+                                                last_only=last_only)
 
     def candidates(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """[positive, negatives...] per window for the per-pair losses.
@@ -198,7 +200,8 @@ class JointTrainer:
                      alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
         if stage == "pretrain_sasrec":
-            return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
+            prefixes = self.prefixes is not None
+            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_only=prefixes)}, [self.sasrec_opt]
         if stage == "pretrain_retriever":
             return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
         if stage == "joint_finetune":
