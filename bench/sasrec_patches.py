@@ -11,12 +11,13 @@ PATCH is one of:
 - ``positions_from_start``: only RecBole's position ids (from the first real item), the rest the
   workbench's.
 - ``ema``: validation and checkpoints use an exponential moving average of the weights (decay 0.999
-  per optimizer step, about 7 epochs of the default's 151 steps) instead of the raw weights; meant
+  per optimizer step, about 7 epochs of windows sampling's 151 steps) instead of the raw weights; meant
   for ``stages=[pretrain_sasrec]`` runs (after a stage the next one starts from the best checkpoint,
   while the average carries on).
 
-bench/sasrec_variants.py runs them beside the default. The package never imports this file: each was
-measured no better than the default on validation (bench/results/sasrec_variants.md).
+bench/sasrec_variants.py runs them on windows sampling (the default when they were tried) beside it.
+The package never imports this file: each was measured no better on validation
+(bench/results/sasrec_variants.md).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def recbole_arch(sasrec: ModuleType | None = None) -> None:
     sasrec = _sasrec_module(sasrec)
     positions_from_start(sasrec)
 
-    def block_forward(self, x, attn_mask):
+    def block_forward(self, x, attn_mask, last_only=False):  # every position: last_only is not used
         b, length, h = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -63,14 +64,15 @@ def recbole_arch(sasrec: ModuleType | None = None) -> None:
         linear_in, gelu, _, linear_out = self.ffn  # skip the dropout between them
         return self.ln_ffn(x + self.drop(linear_out(gelu(linear_in(x)))))
 
-    def forward(self, input_seq):
+    def forward(self, input_seq, last_only=False):
         keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
         x = self.final_ln(self.item_embedding(input_seq) + self.position_embedding(self.position_ids(input_seq)))
         x = self.emb_dropout(x) * keep
         mask = sasrec.attention_mask(input_seq)
         for block in self.blocks:
             x = block(x, mask) * keep
-        return x * keep
+        # post-LN blocks: every position is computed; last_only only slices (same values, no saving)
+        return (x * keep)[:, -1:] if last_only else x * keep
 
     sasrec.SASRecBlock.forward = block_forward
     sasrec.SASRec.forward = forward

@@ -65,7 +65,8 @@ def training_prefixes(seqs: Sequence[np.ndarray], max_len: int) -> tuple[torch.T
 
     Each target then gets its own forward pass (and dropout mask) over its own context, read at the
     position evaluation reads; ``training_windows`` shares one pass among up to ``max_len`` targets,
-    an epoch about 20 times faster on ML-100K (README "Against RecBole"). Returns left-padded
+    an epoch about 14 times faster on ML-100K even with ``SASRec.calculate_loss(last_only=True)``
+    (README "Against RecBole"). Returns left-padded
     (inputs, targets) [T, max_len] (targets are 0 except the last column) and the sequence index of
     each sample [T].
     """
