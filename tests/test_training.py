@@ -71,7 +71,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(small, tmp_pat
     full = small()
     train(full.cfg, tmp_path / "full", workspace=full, progress=False)
     part = small()
-    train(part.cfg, tmp_path / "part", workspace=part, progress=False, max_steps=3)  # "killed" after 3 epochs
+    train(part.cfg, tmp_path / "part", workspace=part, progress=False, max_epochs=3)  # "killed" after 3 epochs
     assert len(_history(tmp_path / "part")) == 3
     resumed = small()
     train(resumed.cfg, tmp_path / "part", workspace=resumed, progress=False, resume=True)
@@ -81,9 +81,21 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(small, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_max_batches_stops_after_that_many_optimizer_steps_and_max_epochs_after_epochs(small, tmp_path: Path) -> None:
+    """The diagnostics' "train N real batches" (original_checks) trains N batches, not N epochs."""
+    ws = small()
+    train(ws.cfg, tmp_path / "b", workspace=ws, progress=False, max_batches=2)
+    history = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"], r["step"]) for r in history] == [("pretrain_sasrec", 0, 2)]
+    ws = small()
+    train(ws.cfg, tmp_path / "e", workspace=ws, progress=False, max_epochs=2)
+    history = [json.loads(line) for line in (tmp_path / "e" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2 and history[1]["step"] > 2
+
+
 def test_checkpoint_from_another_config_is_refused_with_keys(small, tmp_path: Path) -> None:
     ws = small()
-    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_epochs=1)
     other = small(sasrec_dropout=0.0, sasrec_hidden_dim=32)
     with pytest.raises(CheckpointError) as err:
         train(other.cfg, tmp_path / "r", workspace=other, progress=False, resume=True)
@@ -93,7 +105,7 @@ def test_checkpoint_from_another_config_is_refused_with_keys(small, tmp_path: Pa
 
 def test_checkpoint_with_nan_is_refused_naming_the_tensor(small, tmp_path: Path) -> None:
     ws = small()
-    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_epochs=1)
     ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
     ck["model"]["sasrec.blocks.0.qkv.weight"][0, 0] = float("nan")
     save_checkpoint(tmp_path / "bad.pt", ck)
@@ -103,7 +115,7 @@ def test_checkpoint_with_nan_is_refused_naming_the_tensor(small, tmp_path: Path)
 
 def test_truncated_checkpoint_is_a_clear_error(small, tmp_path: Path) -> None:
     ws = small()
-    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_steps=1)
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_epochs=1)
     raw = (tmp_path / "r" / "last.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
@@ -157,7 +169,7 @@ def test_stages_freeze_the_right_parameters(small, tmp_path: Path) -> None:
 def test_clean_only_inside_runs_dir(small, tmp_path: Path) -> None:
     ws = small()
     runs = Path(ws.cfg.runs_dir)
-    train(ws.cfg, runs / "r", workspace=ws, progress=False, max_steps=1)
+    train(ws.cfg, runs / "r", workspace=ws, progress=False, max_epochs=1)
     assert clean_run(runs / "r", runs) and not list((runs / "r").glob("*.pt"))
     with pytest.raises(Exception, match="not inside the runs directory"):
         clean_run(tmp_path, runs)

@@ -122,7 +122,7 @@ def original_checks(workspace, batch_sizes: Iterable[int] = (32, 64, 128), train
             rows.append(_score_row("full_model", f"{'train' if train_mode else 'eval'}, {key}", out[key]))
     trained = Workspace(cfg, ws.data, ws.texts, copy.deepcopy(model), ws.text_fingerprint)
     with tempfile.TemporaryDirectory(prefix="ur4rec-check-") as tmp:
-        train(cfg, run_dir=run_dir or tmp, progress=False, max_steps=train_batches, workspace=trained)
+        train(cfg, run_dir=run_dir or tmp, progress=False, max_batches=train_batches, workspace=trained)
     trained.model.eval()
     score = per_pair_scorer(trained.model, "fused", cfg.rerank_top_r)
     with torch.no_grad():

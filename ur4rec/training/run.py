@@ -54,15 +54,16 @@ def default_run_dir(cfg: Config) -> Path:
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-          on_epoch=None, max_steps: int | None = None, workspace: Workspace | None = None,
-          allow_mismatch: bool = False):
+          on_epoch=None, max_epochs: int | None = None, workspace: Workspace | None = None,
+          allow_mismatch: bool = False, max_batches: int | None = None):
     from ur4rec.training.trainer import JointTrainer
 
     ws = workspace or build_workspace(cfg)
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     trainer = JointTrainer(ws.model, ws.data, cfg, run_dir, text_fingerprint=ws.text_fingerprint,
                            progress=progress, on_epoch=on_epoch)
-    return trainer.fit(resume=resume, max_steps=max_steps, allow_mismatch=allow_mismatch), ws
+    return trainer.fit(resume=resume, max_epochs=max_epochs, allow_mismatch=allow_mismatch,
+                       max_batches=max_batches), ws
 
 
 def clean_run(run_dir: str | Path, runs_root: Path) -> list[Path]:

@@ -272,7 +272,8 @@ class JointTrainer:
             return self.prefixes
         return self.inputs, self.targets, self.window_users
 
-    def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int) -> tuple[dict, int]:
+    def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int,
+               max_batches: int | None = None) -> tuple[dict, int]:
         cfg = self.cfg
         batch_size = self.batch_size(stage)
         seed_everything(cfg.seed, "epoch", stage_idx, epoch)
@@ -288,6 +289,8 @@ class JointTrainer:
                    disable=not self.progress)
         grad_norms = []
         for start in bar:
+            if max_batches is not None and n_batches >= max_batches:
+                break  # fit(max_batches=...): a diagnostic's deliberately short run, not a skipped batch
             self._set_lr(global_step, total_steps)
             idx = order[start:start + batch_size]
             seq, tgt, users = inputs[idx], targets[idx], owners[idx]
@@ -341,8 +344,11 @@ class JointTrainer:
             fh.flush()
 
     # ------------------------------------------------------------------ main loop
-    def fit(self, resume: bool = False, max_steps: int | None = None, allow_mismatch: bool = False) -> TrainResult:
-        """Run every stage. ``resume`` continues from ``last.pt``; ``max_steps`` stops early (tests)."""
+    def fit(self, resume: bool = False, max_epochs: int | None = None, allow_mismatch: bool = False,
+            max_batches: int | None = None) -> TrainResult:
+        """Run every stage. ``resume`` continues from ``last.pt``. Stopping early (tests, diagnostics):
+        ``max_epochs`` after that many epochs in all (a resumable state, as if killed); ``max_batches``
+        after that many optimizer steps, inside the first epoch if it has more."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(self.run_dir)
@@ -358,7 +364,7 @@ class JointTrainer:
             self._truncate_history(ck["history_lines"])
         elif not resume and (self.run_dir / "history.jsonl").exists():
             (self.run_dir / "history.jsonl").unlink()
-        steps_done = 0
+        epochs_done = batches_done = 0
         for stage_idx in range(start_stage, len(cfg.stages)):
             stage = cfg.stages[stage_idx]
             self._set_trainable(stage)
@@ -374,7 +380,10 @@ class JointTrainer:
             stopped = False
             for epoch in range(epoch0, n_epochs):
                 te = time.perf_counter()
-                record, step = self._epoch(stage, stage_idx, epoch, total, step)
+                left = None if max_batches is None else max_batches - batches_done
+                step_before = step
+                record, step = self._epoch(stage, stage_idx, epoch, total, step, max_batches=left)
+                batches_done += step - step_before
                 metric = self.evaluate(self.model, stage)
                 seconds = time.perf_counter() - te
                 stage_t += seconds
@@ -399,10 +408,12 @@ class JointTrainer:
                     stage_idx=stage_idx, epoch=last_epoch, stage_state=stage_state,
                     finished=[vars(s) for s in result.stages], skipped_steps=self.skipped_steps,
                     history_lines=self._history_lines()))
-                steps_done += 1
+                epochs_done += 1
                 if stopped:
                     break
-                if max_steps is not None and steps_done >= max_steps:
+                if max_epochs is not None and epochs_done >= max_epochs:
+                    return result
+                if max_batches is not None and batches_done >= max_batches:
                     return result
             # the best epoch of this stage is what the next stage builds on
             ck = load_checkpoint(self.run_dir / f"best-{stage}.pt", self.fingerprint)
