@@ -110,9 +110,9 @@ class SASRec(nn.Module):
         for i, block in enumerate(self.blocks):
             last = last_only and i == len(self.blocks) - 1
             x = block(x, mask, last_only=last) * (keep[:, -1:] if last else keep)
-        if last_only and not self.blocks:
-            x = x[:, -1:]
-        return self.final_ln(x) * keep[:, -x.shape[1]:]
+        if last_only:
+            x, keep = x[:, -1:], keep[:, -1:]  # already one position after the last block
+        return self.final_ln(x) * keep
 
     @torch.no_grad()
     def attention_maps(self, input_seq: torch.Tensor) -> torch.Tensor:

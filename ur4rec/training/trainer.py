@@ -200,8 +200,8 @@ class JointTrainer:
                      alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
         if stage == "pretrain_sasrec":
-            prefixes = self.prefixes is not None
-            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_only=prefixes)}, [self.sasrec_opt]
+            last_only = self.prefixes is not None  # prefix samples: the target is in the last column only
+            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_only=last_only)}, [self.sasrec_opt]
         if stage == "pretrain_retriever":
             return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
         if stage == "joint_finetune":
