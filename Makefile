@@ -49,8 +49,12 @@ reports-quick: setup
 test: setup browser
 	UR4REC_PROFILE=quick $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
+# JupyterLab refuses to start as root (most containers) unless told --allow-root. It prints the
+# URL with its token on its log (stderr), which is left on the terminal. LAB_ARGS adds options
+# (e.g. LAB_ARGS="--ip=0.0.0.0 --no-browser" in a container reached from outside).
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) $(LAB_ARGS)
 
 # RecBole (peer baseline) lives in its own environment: it needs numpy<2 and setuptools<81.
 BENCH_VENV := .bench-venv

@@ -7,14 +7,34 @@ import re
 from pathlib import Path
 
 import nbformat
+import plotly.graph_objects as go
+import plotly.io as pio
 import torch
-from nbformat.v4 import new_code_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+from plotly.offline import get_plotlyjs
 
 from tests.browser import rendered_dom, screenshot
 from ur4rec.cli import main
-from ur4rec.reports.runner import run_reports
+from ur4rec.plots.widgets import static_html
+from ur4rec.reports.runner import export_html, run_reports
 
 REPO = Path(__file__).resolve().parents[1]
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+#: What a page would fetch by itself: a src= or <link href=>, a CSS @import/url() or a module import()
+#: of an http(s) or protocol-relative URL. Plain <a href> links fetch nothing until clicked; URL strings
+#: inside the embedded plotly.js (map tiles, topojson) are only used by map charts, which no notebook draws.
+_EXTERNAL = re.compile(
+    r"""\bsrc\s*=\s*["']?(?:https?:)?//[^"'\s>]*"""
+    r"""|<link\b[^>]*\bhref\s*=\s*["']?(?:https?:)?//[^"'\s>]*"""
+    r"""|@import\s+["']?(?:https?:)?//[^"'\s;]*"""
+    r"""|\burl\(\s*["']?(?:https?:)?//[^"')\s]*"""
+    r"""|\bimport\s*\(\s*["'](?:https?:)?//[^"']*""",
+    re.IGNORECASE,
+)
+
+
+def external_refs(page: str) -> list[str]:
+    return _EXTERNAL.findall(page)
 
 
 def _notebook(path: Path, *sources: str) -> Path:
@@ -25,6 +45,41 @@ def _notebook(path: Path, *sources: str) -> Path:
     nb.cells = [params, *(new_code_cell(s) for s in sources)]
     nbformat.write(nb, path)
     return path
+
+
+def test_external_refs_finds_every_kind_of_remote_load() -> None:
+    """The check below must be able to fail: nbconvert's and plotly's default CDN tags are caught."""
+    page = """<script src="https://cdnjs.cloudflare.com/ajax/libs/require.js/2.1.10/require.min.js"></script>
+    <script src='//unpkg.com/@jupyter-widgets/html-manager'></script><img src=http://example.org/a.png>
+    <link rel="stylesheet" href="https://fonts.example.org/f.css"><style>@import "//x.org/a.css";
+    body{background:url(https://x.org/b.png)}</style><script type="module">await import("https://x.org/m.mjs")</script>
+    <a href="https://plotly.com">a link</a><img src="data:image/png;base64,AAAA"><script src="local.js"></script>"""
+    assert len(external_refs(page)) == 7, external_refs(page)
+
+
+def test_exported_html_loads_nothing_from_the_network_and_still_draws(tmp_path: Path) -> None:
+    """nbconvert's template (require.js, MathJax, mermaid) and plotly's per-figure MathJax tag would
+    each load a CDN script: the export has none, and the charts still draw offline without require.js."""
+    fig = go.Figure(go.Scatter(y=[1, 3, 2]))
+    chart = pio.renderers["notebook"].to_mimebundle(fig.to_dict())
+    assert external_refs(chart["text/html"]), "plotly no longer adds a CDN MathJax tag: simplify offline_html"
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell("# A report\nNo math here."), new_code_cell("fig", outputs=[
+        new_output("display_data", data={"text/html": f"<script>{get_plotlyjs()}</script>"}),  # as activate() does
+        new_output("display_data", data={**chart, "application/vnd.plotly.v1+json": fig.to_plotly_json()}),
+        new_output("display_data", data={"text/html": static_html(fig), "text/plain": "VBox()",
+                                         WIDGET_VIEW: {"model_id": "m1", "version_major": 2, "version_minor": 0}}),
+    ])]
+    executed = tmp_path / "executed.ipynb"
+    nbformat.write(nb, executed)
+    export_html(executed, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert external_refs(page) == []
+    assert "<h1" in page and "No math here." in page
+    assert "mathjax" in nbformat.read(executed, 4).cells[1].outputs[1]["data"]["text/html"].lower()  # input kept
+    dom = rendered_dom(tmp_path / "report.html")
+    assert len(re.findall(r'class="[^"]*\bjs-plotly-plot\b', dom)) == 2
+    assert len(re.findall(r'<svg[^>]*class="main-svg"', dom)) >= 2
 
 
 def test_broken_notebook_fails_the_run_skips_dependants_and_keeps_its_html(tmp_path: Path) -> None:
@@ -119,8 +174,7 @@ def test_quick_profile_reports_render_offline_in_chromium(tmp_path: Path) -> Non
     for r in results:
         html = index.parent / r.html
         text = html.read_text()
-        external = re.findall(r'<script[^>]*src="(https?://[^"]*)"', text)
-        assert not [src for src in external if "plot" in src or "widget" in src], (r.name, external)
+        assert external_refs(text) == [], (r.name, external_refs(text))
         assert "VBox(children" not in text, f"{r.name}: an explorer exported as a dead widget"
         expected = _plotly_outputs(index.parent / r.notebook)
         dom = rendered_dom(html)
@@ -131,6 +185,7 @@ def test_quick_profile_reports_render_offline_in_chromium(tmp_path: Path) -> Non
             assert "ur4rec-static-explorer" in dom, f"{r.name}: the explorer has no static view"
         png = screenshot(html, shots / f"{r.name}.png")
         assert png.stat().st_size > 20_000, f"{r.name}: the screenshot looks blank"
+    assert external_refs(index.read_text()) == []
     idx_dom = rendered_dom(index)
     assert all(r.name in idx_dom for r in results)
     assert {r["status"] for r in json.loads((index.parent / "index.json").read_text())["results"]} == {"ok"}

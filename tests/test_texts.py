@@ -427,7 +427,12 @@ def test_files_source_with_fallback(small, tmp_path):
 @pytest.mark.parametrize("content, match", [
     ('{"1": "ok", "abc": "text"}', r"not an integer user id: 'abc'"),
     ('{"1": "ok", "2": "   "}', r"empty text for user '2'"),
-    ('{"1": 5}', r"a int, not a string for user '1'"),
+    ('{"1": 5}', r"has an int, not a string for user '1'"),
+    ('{"1": 2.5}', r"has a float, not a string for user '1'"),
+    ('{"1": ["x"]}', r"has a list, not a string for user '1'"),
+    ('{"1": {"t": "x"}}', r"has a dict, not a string for user '1'"),
+    ('{"1": null}', r"has a NoneType, not a string for user '1'"),
+    ('7', r"one JSON object \(raw id -> text\), not an int\."),
     ('{"1": "ok",', r"not valid JSON"),
     ('["a", "b"]', r"one JSON object"),
 ])

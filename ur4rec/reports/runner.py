@@ -25,11 +25,11 @@ import yaml
 from ur4rec.errors import ConfigError
 from ur4rec.io import atomic_write_json, atomic_write_text
 from ur4rec.profiles import profile_config
+from ur4rec.reports.offline_html import export_html
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 KERNEL_NAME = "ur4rec"
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 #: A cell that runs longer than this fails the notebook (a hang becomes an error, not a stuck run).
 CELL_TIMEOUT_S = int(os.environ.get("UR4REC_CELL_TIMEOUT", "1800"))
 
@@ -124,27 +124,6 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
         "versions": versions,
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
     }
-
-
-def export_html(executed: Path, html_path: Path) -> None:
-    """Convert an executed notebook to standalone HTML (plotly is embedded by its renderer).
-
-    The saved widget state is left out of the HTML: rendering it would need the widget manager's
-    JavaScript from a CDN. Without it nbconvert shows each explorer's static ``text/html`` view
-    (see ``ur4rec.plots.widgets``), which opens offline. The executed notebook keeps everything."""
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(executed, as_version=4)
-    nb.metadata.pop("widgets", None)
-    # Widgets with no static view (tqdm progress bars) would show their initial text ("0%|") in the
-    # HTML, which misleads: leave them out; the run's progress is in its history and charts.
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs = [o for o in cell.get("outputs", []) if not (
-                WIDGET_VIEW in o.get("data", {}) and "text/html" not in o.get("data", {}))]
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
-    atomic_write_text(html_path, body)
 
 
 def load_custom_parameters(path: str | Path) -> dict[str, Any]:

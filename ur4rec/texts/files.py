@@ -23,6 +23,12 @@ from ur4rec.texts.template import TemplateSource
 KEYS = {"user": "user_text_file", "item": "item_text_file"}
 
 
+def a_type(value: object) -> str:
+    """The value's type name with its indefinite article: "an int", "a float", "a NoneType"."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
     """Parse and validate one text file (raw id -> text)."""
     key = KEYS[kind]
@@ -39,8 +45,8 @@ def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
                           where=f"{path}, line {exc.lineno} column {exc.colno}",
                           fix='write one JSON object, e.g. {"1": "likes 90s comedies", "2": "..."}') from exc
     if not isinstance(obj, dict):
-        raise UR4RecError(f"The {kind} text file must hold one JSON object (raw id -> text), not a "
-                          f"{type(obj).__name__}.", where=str(path),
+        raise UR4RecError(f"The {kind} text file must hold one JSON object (raw id -> text), not "
+                          f"{a_type(obj)}.", where=str(path),
                           fix='write {"<raw id>": "<text>", ...}')
     out: dict[int, str] = {}
     for raw, text in obj.items():
@@ -50,7 +56,7 @@ def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
                               fix=f"keys must be the dataset's raw {kind} ids, e.g. \"42\"")
         rid = int(raw)
         if not isinstance(text, str) or not text.strip():
-            what = "an empty text" if isinstance(text, str) else f"a {type(text).__name__}, not a string"
+            what = "an empty text" if isinstance(text, str) else f"{a_type(text)}, not a string"
             raise UR4RecError(f"The {kind} text file has {what} for {kind} {raw!r}.",
                               where=f"{path}, id {raw!r}",
                               fix="give every id a non-empty string, or leave the id out (it then gets the "
