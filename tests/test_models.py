@@ -1,5 +1,6 @@
 """SASRec, retriever, user memory, fusion and factory: finite in every mode, vectorised == naive,
-exact catalogue scores, scale alignment, two-stage re-ranking, memory semantics, gradient flow.
+exact catalogue scores, scale alignment, two-stage re-ranking, state round-trip, gradient flow
+(the user memory's own semantics: ``tests/test_memory.py``).
 
 Small dims so the module runs in seconds. Everything is reached through the public package API
 (``ur4rec.models``); two-stage ranking goes through ``ur4rec.evaluation.scoring.two_stage_scores``.
@@ -71,6 +72,11 @@ def _batch(b: int, width: int = L, c: int = 7, seed: int = 0) -> tuple[torch.Ten
     g = torch.Generator().manual_seed(seed)
     seq = _seq(b, width, g)
     return torch.arange(b) % U, seq, torch.randint(1, N + 1, (b, c), generator=g)
+
+
+def _positions(seq: torch.Tensor) -> torch.Tensor:
+    """Target positions of prefix inputs: a target after n items of history is at position n."""
+    return (seq != 0).sum(1)
 
 
 def _check_finite(out: dict) -> None:
@@ -224,7 +230,7 @@ def test_fused_scores_finite_for_every_batch_size_length_mode_and_context(fusion
         users, seq, cands = _batch(b, seed=b)
         model.train(train)
         with ctx():
-            out = model(users, seq, cands, user_memory_update=train)
+            out = model(users, seq, cands, target_positions=_positions(seq), user_memory_update=train)
         _check_finite(out)
         assert out["scores"].shape == (b, cands.shape[1])
         assert out["routing_weights"].shape == (b, cands.shape[1], 3)
@@ -247,10 +253,11 @@ def test_vectorised_retriever_equals_naive_loop(image: bool) -> None:
     img = torch.randn(N + 1, 8) if image else None
     r = TextPreferenceRetrieverMoE(user, item, output_dim=16, num_heads=4, num_proxies=5, max_memory_size=2,
                                    update_trigger="EXPLICIT", image_features=img)
-    users, _, cands = _batch(6, c=9)
+    _, seq, cands = _batch(6, c=9)
     users = torch.tensor([0, 3, 3, 7, 19, 0])  # repeated users
     r.train()
-    r(users, cands, user_memory_update=True)  # memory filled, so the gate is part of the comparison
+    r(users, cands, input_seq=seq, target_positions=_positions(seq), user_memory_update=True)
+    assert (r.memory.slot_pos[users] >= 0).any(1).all()  # every user has memory: the gate is compared too
     r.eval()
     with torch.no_grad():
         vec, loop = r.score(users, cands), r.score_loop(users, cands)
@@ -343,65 +350,32 @@ def test_padding_column_never_wins_even_when_its_embedding_would() -> None:
         assert torch.isinf(model.retriever.full_catalogue_scores(users)[:, 0]).all()
 
 
-# ---------------------------------------------------------------------------------------- memory
-MEMORY_STATE = ("slots", "filled", "since_update", "step")
-
-
-def test_memory_changes_only_in_training_when_asked_and_round_trips() -> None:
-    model = _model(max_memory_size=3, update_trigger="EXPLICIT")
-    mem = model.retriever.memory
+# ---------------------------------------------------------------------------------------- state
+def test_state_dict_round_trip_keeps_scale_and_memory_but_not_frozen_text() -> None:
+    model = _model(max_memory_size=3, update_trigger="EXPLICIT").train()
     users, seq, cands = _batch(8)
-    model.eval()
-    model(users, seq, cands, user_memory_update=True)
-    assert int(mem.filled.sum()) == 0, "eval mode must not write memory"
-    model.train()
-    model(users, seq, cands, user_memory_update=False)
-    assert int(mem.filled.sum()) == 0, "training without user_memory_update must not write"
-    model(users, seq, cands, user_memory_update=True)
-    assert int(mem.filled.sum()) == len(users.unique())
-    assert mem.slots.abs().sum() > 0
+    model(users, seq, cands, target_positions=_positions(seq), user_memory_update=True)
     state = model.state_dict()
-    for name in MEMORY_STATE:
-        assert f"retriever.memory.{name}" in state
+    assert {"retriever.memory.slots", "retriever.memory.slot_pos", "scale.spread"} <= set(state)
+    assert "retriever.user_text" not in state and "retriever.item_text" not in state  # rebuilt, not saved
     fresh = _model(max_memory_size=3, update_trigger="EXPLICIT")
-    assert int(fresh.retriever.memory.filled.sum()) == 0
+    assert not torch.equal(fresh.retriever.memory.slot_pos, model.retriever.memory.slot_pos)
     fresh.load_state_dict(state)
-    for name in MEMORY_STATE:
-        assert torch.equal(getattr(fresh.retriever.memory, name), getattr(mem, name)), name
     assert torch.equal(fresh.scale.spread, model.scale.spread)
+    assert torch.equal(fresh.retriever.memory.slots, model.retriever.memory.slots)
     model.eval(), fresh.eval()
     with torch.no_grad():
-        assert torch.allclose(fresh(users, seq, cands)["scores"], model(users, seq, cands)["scores"])
-    assert "retriever.user_text" not in state and "retriever.item_text" not in state  # rebuilt, not saved
-
-
-def test_memory_triggers() -> None:
-    users, seq, cands = _batch(2)
-    users = torch.tensor([0, 1])
-    model = _model(max_memory_size=2, update_trigger="INTERACTION_COUNT", interaction_threshold=3).train()
-    for _ in range(2):
-        model(users, seq, cands, user_memory_update=True)
-    assert int(model.retriever.memory.filled.sum()) == 0
-    model(users, seq, cands, user_memory_update=True)
-    assert model.retriever.memory.filled.tolist()[:2] == [1, 1]
-
-    for threshold, expected in ((2.5, 1), (-1.0, 3)):  # 1 - cos is in [0, 2]
-        model = _model(max_memory_size=2, update_trigger="DRIFT_THRESHOLD", drift_threshold=threshold).train()
-        for _ in range(3):
-            model(users, seq, cands, user_memory_update=True)
-        assert model.retriever.memory.filled.tolist()[:2] == [expected] * 2, threshold
-
-    model = _model(max_memory_size=0).train()
-    assert model.retriever.memory is None
-    assert model(users, seq, cands, user_memory_update=True)["memory"] == {}
+        assert torch.equal(fresh(users, seq, cands)["scores"], model(users, seq, cands)["scores"])
 
 
 # ---------------------------------------------------------------------------------------- training
 def test_end_to_end_gradients_reach_every_part_but_frozen_text() -> None:
     model = _model(fusion_method="adaptive", max_memory_size=3, update_trigger="EXPLICIT").train()
     users, seq, cands = _batch(12)  # row 0: no history
-    model(users, seq, cands, user_memory_update=True)  # fill memory so the gate is used
-    out = model(users, seq, cands, user_memory_update=True)
+    pos = _positions(seq)
+    earlier = torch.cat([torch.zeros(len(seq), 1, dtype=torch.long), seq[:, :-1]], dim=1)  # one item fewer
+    model(users, earlier, cands, target_positions=(pos - 1).clamp(min=0), user_memory_update=True)  # GRU hidden
+    out = model(users, seq, cands, target_positions=pos, user_memory_update=True)
     nn.functional.cross_entropy(out["scores"], torch.zeros(12, dtype=torch.long)).backward()
     r = model.retriever
     parts = {"sasrec item embedding": model.sasrec.item_embedding.weight,
@@ -410,6 +384,7 @@ def test_end_to_end_gradients_reach_every_part_but_frozen_text() -> None:
              "item-ID embedding": r.item_id.weight, "temperature": r.log_temperature,
              "proxies": r.proxies, "proxy attention": r.proxy_attn.in_proj_weight, "router": r.router[0].weight,
              "memory gate": r.memory.gate.weight, "memory GRU": r.memory.gru.weight_ih,
+             "memory GRU hidden": r.memory.gru.weight_hh,
              "adaptive fusion": model.adaptive[0].weight}
     parts |= {f"expert {k} ffn": ffn[0].weight for k, ffn in enumerate(r.expert_ffn)}
     parts |= {f"expert {k} attention": attn.out_proj.weight for k, attn in enumerate(r.expert_attn)}

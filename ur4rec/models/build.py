@@ -26,8 +26,11 @@ def build_model(cfg: Any, num_users: int, num_items: int, user_text_emb: torch.T
                 "text_embedding_dim to the encoder's dimension")
     sasrec = SASRec(num_items, cfg.sasrec_hidden_dim, cfg.sasrec_num_blocks, cfg.sasrec_num_heads,
                     cfg.sasrec_dropout, cfg.max_seq_len)
-    retriever = TextPreferenceRetrieverMoE(
-        user_text_emb, item_text_emb, cfg.retriever_output_dim, cfg.moe_num_heads, cfg.moe_dropout,
-        cfg.moe_num_proxies, cfg.max_memory_size, cfg.update_trigger, cfg.interaction_threshold,
-        cfg.drift_threshold, cfg.decay_factor)
-    return UR4RecV2MoE(sasrec, retriever, cfg.fusion_method, cfg.sasrec_weight, cfg.retriever_weight)
+    retriever = TextPreferenceRetrieverMoE(user_text_emb, item_text_emb, cfg.retriever_output_dim, cfg.moe_num_heads,
+                                           cfg.moe_dropout, cfg.moe_num_proxies, max_memory_size=0)
+    model = UR4RecV2MoE(sasrec, retriever, cfg.fusion_method, cfg.sasrec_weight, cfg.retriever_weight)
+    if cfg.max_memory_size > 0:
+        # created last: memory on or off leaves every other initial weight (fusion MLP included) unchanged
+        retriever.attach_memory(cfg.max_memory_size, cfg.update_trigger, cfg.interaction_threshold,
+                                cfg.drift_threshold, cfg.decay_factor)
+    return model

@@ -19,6 +19,14 @@ Vectorised, and factorised so each part is computed where it varies:
   (query, description, ID) plus a per-user term (preference); only the sum is per pair.
 - The proxies' keys and values do not depend on the pair: computed once per forward.
 Per pair remain: the user expert's FFN, the mixture, the proxy attention and the cosine.
+
+With ``max_memory_size`` > 0 the user vector is the preference vector with a per-user memory of the
+user's sequence gated in (``ur4rec.models.user_memory``: what a slot stores and why). Training
+forwards pass ``input_seq`` and ``target_positions`` (interface 4) and ``user_memory_update=True``;
+every other read (evaluation, ``full_catalogue_scores``) is a held-out read of every stored slot.
+The memory's parameters are created last (``attach_memory``), so switching it on or off leaves every
+other initial weight unchanged.
+
 ``score_loop`` runs the same block naively, one candidate at a time with ``nn.MultiheadAttention``
 calls (as the original system did); tests check both give the same scores.
 """
@@ -29,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ur4rec.models.user_memory import UserMemory
+from ur4rec.models.user_memory import UserMemory, check_positions
 
 EXPERTS = ("user_preference", "item_description", "item_id")
 
@@ -66,23 +74,59 @@ class TextPreferenceRetrieverMoE(nn.Module):
         self.proxy_attn = nn.MultiheadAttention(d, num_heads, batch_first=True)
         self.drop = nn.Dropout(dropout)
         self.log_temperature = nn.Parameter(torch.tensor(0.1).log())
-        self.memory = None if max_memory_size == 0 else UserMemory(
-            num_users, d, max_memory_size, update_trigger, interaction_threshold, drift_threshold, decay_factor)
+        self.memory: UserMemory | None = None
+        if max_memory_size > 0:
+            self.attach_memory(max_memory_size, update_trigger, interaction_threshold, drift_threshold, decay_factor)
+
+    def attach_memory(self, max_memory_size: int, update_trigger: str = "INTERACTION_COUNT",
+                      interaction_threshold: int = 10, drift_threshold: float = 0.3,
+                      decay_factor: float = 0.95) -> None:
+        """Create the user memory (its parameters drawn from the global RNG now, after everything else)."""
+        if self.memory is not None:
+            raise ValueError("this retriever already has a user memory")
+        self.memory = UserMemory(len(self.user_text), self.dim, max_memory_size, update_trigger,
+                                 interaction_threshold, drift_threshold, decay_factor)
 
     # ---------------------------------------------------------------- per-user and per-item parts
-    def user_representation(self, user_ids: torch.Tensor, memory_update: bool = False) -> tuple[torch.Tensor, dict]:
+    def user_representation(self, user_ids: torch.Tensor, input_seq: torch.Tensor | None = None,
+                            target_positions: torch.Tensor | None = None,
+                            memory_update: bool = False) -> tuple[torch.Tensor, dict]:
+        """User vectors [B, d]: the projected preference text, with memory read at ``target_positions``
+        (None: a held-out read of every slot) and, in training with ``memory_update``, written from
+        the last items of ``input_seq`` [B, L] (left-padded, items before each target only)."""
         pref = self.user_proj(self.user_text[user_ids])
         if self.memory is None:
             return pref, {}
-        return self.memory(user_ids, pref, update=memory_update)
+        history = mask = None
+        if target_positions is not None:
+            target_positions = check_positions(target_positions, len(user_ids))
+        if self.memory.writes(memory_update):
+            if input_seq is None or input_seq.dim() != 2 or len(input_seq) != len(user_ids):
+                got = None if input_seq is None else list(input_seq.shape)
+                raise ValueError(f"a memory write needs input_seq [{len(user_ids)}, L] (the items before each "
+                                 f"target, left-padded), got {got}: pass input_seq with user_memory_update=True")
+            if target_positions is not None and ((input_seq != 0).sum(1) > target_positions).any():
+                raise ValueError("input_seq holds more items than its target position allows: row i must hold only "
+                                 "items before target_positions[i] (its 0-based index in the user's training "
+                                 "sequence, interface 4), so at most target_positions[i] of them")
+            tail = input_seq[:, -self.memory.window:]
+            history, mask = self.item_query(tail), tail != 0
+        return self.memory(user_ids, pref, target_positions, history, mask, update=memory_update)
 
-    def item_parts(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Everything that depends on the item alone: query, item experts' outputs, router term."""
+    def item_query(self, items: torch.Tensor) -> torch.Tensor:
+        """The target query of items (any shape): projected description + ID (+ image) embedding."""
+        return self._desc_ident(items)[2]
+
+    def _desc_ident(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         desc = self.item_proj(self.item_text[items])
         ident = self.item_id(items)
         if self.image_proj is not None:
             ident = ident + self.image_proj(self.image[items])
-        c = desc + ident
+        return desc, ident, desc + ident
+
+    def item_parts(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Everything that depends on the item alone: query, item experts' outputs, router term."""
+        desc, ident, c = self._desc_ident(items)
         outs = [c + self.drop(self.expert_ffn[k](c + self._single_token_attention(k, m)))
                 for k, m in ((1, desc), (2, ident))]
         w1 = self.router[0].weight  # [d, 4d] over [query, user pref, item desc, item id]
@@ -122,17 +166,19 @@ class TextPreferenceRetrieverMoE(nn.Module):
         a = torch.softmax(torch.einsum("...hd,phd->...hp", q, k) / (d // h) ** 0.5, dim=-1)
         return attn.out_proj(torch.einsum("...hp,phd->...hd", a, v).reshape(*shape, d))
 
-    def forward(self, user_ids: torch.Tensor, candidate_items: torch.Tensor,
+    def forward(self, user_ids: torch.Tensor, candidate_items: torch.Tensor, input_seq: torch.Tensor | None = None,
+                target_positions: torch.Tensor | None = None,
                 user_memory_update: bool = False) -> dict[str, torch.Tensor | dict]:
-        """Scores of candidates [B, C] for users [B], with routing weights [B, C, 3] and memory stats."""
-        user, mem_stats = self.user_representation(user_ids, user_memory_update)
+        """Scores of candidates [B, C] for users [B], with routing weights [B, C, 3], the user vectors
+        [B, d] and memory stats. ``input_seq``, ``target_positions``: see ``user_representation``."""
+        user, mem_stats = self.user_representation(user_ids, input_seq, target_positions, user_memory_update)
         user_attn = self._single_token_attention(0, user).unsqueeze(1)
         router_user = (user @ self.router[0].weight[:, self.dim:2 * self.dim].T).unsqueeze(1)
         # item parts once per distinct item, then gathered for every pair that uses it
         uniq, inverse = torch.unique(candidate_items, return_inverse=True)
         items = {k: v[inverse] for k, v in self.item_parts(uniq).items()}
         scores, weights = self._pairs(user.unsqueeze(1), items, user_attn, router_user)
-        return {"scores": scores, "routing_weights": weights, "memory": mem_stats}
+        return {"scores": scores, "routing_weights": weights, "user": user, "memory": mem_stats}
 
     def score(self, user_ids: torch.Tensor, candidate_items: torch.Tensor) -> torch.Tensor:
         return self.forward(user_ids, candidate_items)["scores"]

@@ -84,26 +84,35 @@ class UR4RecV2MoE(nn.Module):
         if self.adaptive is not None:
             yield from self.adaptive.parameters()
 
-    def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor,
-                       sasrec_user: torch.Tensor) -> torch.Tensor:
-        """[B, 2] weights (SASRec, retriever); SASRec's is 0 for users without history."""
+    def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor, sasrec_user: torch.Tensor,
+                       retriever_user: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 2] weights (SASRec, retriever); SASRec's is 0 for users without history. Adaptive
+        fusion reads the retriever's user vectors: ``retriever_user`` as the forward computed them
+        (memory read at the targets' positions), else a held-out read."""
         b = len(user_ids)
         if self.fusion_method == "weighted":
             w = self.fixed_weights.expand(b, 2)
         elif self.fusion_method == "learned":
             w = torch.softmax(self.fusion_logits, dim=0).expand(b, 2)
         else:
-            retr_user, _ = self.retriever.user_representation(user_ids)
+            retr_user = retriever_user
+            if retr_user is None:
+                retr_user, _ = self.retriever.user_representation(user_ids)
             w = torch.softmax(self.adaptive(torch.cat([sasrec_user, retr_user], dim=-1)), dim=-1)
         no_history = (input_seq != 0).sum(dim=1) == 0
         return torch.where(no_history.unsqueeze(1), torch.tensor([0.0, 1.0]), w)
 
     def forward(self, user_ids: torch.Tensor, input_seq: torch.Tensor, candidate_items: torch.Tensor,
-                return_components: bool = True, user_memory_update: bool = False) -> dict[str, torch.Tensor]:
+                return_components: bool = True, target_positions: torch.Tensor | None = None,
+                user_memory_update: bool = False) -> dict[str, torch.Tensor]:
+        """Fused scores of candidates [B, C]. ``target_positions`` [B]: each row's target's 0-based
+        position in the user's training sequence (None: a held-out prediction); with
+        ``user_memory_update`` a training forward writes the retriever's user memory."""
         sasrec_user = self.sasrec.user_representation(input_seq)
         sasrec_scores = (self.sasrec.item_embedding(candidate_items) * sasrec_user.unsqueeze(1)).sum(-1)
-        retr = self.retriever(user_ids, candidate_items, user_memory_update=user_memory_update)
-        w = self.fusion_weights(user_ids, input_seq, sasrec_user)
+        retr = self.retriever(user_ids, candidate_items, input_seq=input_seq, target_positions=target_positions,
+                              user_memory_update=user_memory_update)
+        w = self.fusion_weights(user_ids, input_seq, sasrec_user, retr["user"])
         s_sasrec, s_retr = self.scale(sasrec_scores, retr["scores"])
         scores = w[:, :1] * s_sasrec + w[:, 1:] * s_retr
         out = {"scores": scores}
