@@ -37,13 +37,13 @@ from ur4rec.config import load_config  # noqa: E402
 from ur4rec.data import load_prepared  # noqa: E402
 from ur4rec.data.batching import training_prefixes  # noqa: E402
 from ur4rec.data.dataset import PreparedData  # noqa: E402
-from ur4rec.evaluation.evaluate import _entry  # noqa: E402
+from ur4rec.evaluation.metrics import HEADLINE  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
+from ur4rec.evaluation.results import metric_entry  # noqa: E402
 from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 DATASET = "ur4rec-ml100k"
 MAX_LEN = 50
-METRICS = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
 
 
 def export_split(data: PreparedData, folder: Path) -> dict[str, int]:
@@ -156,14 +156,14 @@ def main() -> None:
             matrix = torch.from_numpy(scores[split])
             res = evaluate_full_ranking(lambda users, seq, m=matrix: m[users], data, split, cfg.max_seq_len,
                                         ks=cfg.eval_ks)
-            per_seed[seed][split] = _entry(res, cfg.seed)
+            per_seed[seed][split] = metric_entry(res, cfg.seed)
     seeds = sorted(per_seed)
     recbole = {split: {m: {"mean": float(np.mean([per_seed[s][split]["metrics"][m] for s in seeds])),
                            "std": float(np.std([per_seed[s][split]["metrics"][m] for s in seeds], ddof=1))
                            if len(seeds) > 1 else 0.0,
                            "values": [per_seed[s][split]["metrics"][m] for s in seeds],
                            "ci95_per_seed": [per_seed[s][split]["ci95"][m] for s in seeds]}
-                       for m in METRICS} for split in ("valid", "test")}
+                       for m in HEADLINE} for split in ("valid", "test")}
     info = {"seeds": seeds, "runs": {s: runs[s][0] for s in seeds}}
     table, ours_source = ours(Path(args.run_dir) if args.run_dir else None,
                               Path(args.seeds_dir) if args.seeds_dir else None)
@@ -181,13 +181,13 @@ def main() -> None:
           f"({train_s:.0f} s of training in all), early stopping on its validation NDCG@10 (stopping_step "
           f"{args.stopping_step}). Ours: {ours_source}.", ""]
     for split in ("test", "valid"):
-        md += [f"## {split}", "", "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+        md += [f"## {split}", "", "| model | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
         rb = recbole[split]
-        cells = " | ".join(f"{rb[m]['mean']:.4f} ± {rb[m]['std']:.4f}" for m in METRICS)
+        cells = " | ".join(f"{rb[m]['mean']:.4f} ± {rb[m]['std']:.4f}" for m in HEADLINE)
         md.append(f"| RecBole SASRec | {cells} |")
         for name, metrics in sorted(table.get(split, {}).items(), key=lambda kv: -kv[1]["ndcg@10"][0]):
             cells = []
-            for m in METRICS:
+            for m in HEADLINE:
                 v, spread = metrics[m]
                 cells.append(f"{v:.4f} ± {spread:.4f}" if isinstance(spread, float)
                              else f"{v:.4f} [{spread[0]:.4f}, {spread[1]:.4f}]")

@@ -23,11 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.publish import publish  # noqa: E402
-from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
-from ur4rec.evaluation.evaluate import exact_scorers, load_alone_model, scorers  # noqa: E402
+from ur4rec.evaluation.evaluate import exact_scorers, scorers  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
-from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
-from ur4rec.training.run import build_workspace  # noqa: E402
+from ur4rec.training.opened_run import open_run  # noqa: E402
 
 
 def timed(fn, ws, cfg, batch_size: int = 256) -> tuple[float, float]:
@@ -43,12 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     run_dir = Path(args.run_dir)
-    cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-    ws = build_workspace(cfg)
-    ck = load_checkpoint(run_dir / "final.pt", run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint))
-    ws.model.load_state_dict(ck["model"])
-    ws.model.eval()
-    alone = load_alone_model(run_dir, ws.model, run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint))
+    run = open_run(run_dir)
+    cfg, ws, alone = run.cfg, run.workspace, run.alone
     rows = {}
     for name, fn in scorers(ws.model, ws.data, "test", cfg, alone).items():
         seconds, ndcg = timed(fn, ws, cfg)

@@ -25,10 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.publish import publish  # noqa: E402
-from ur4rec.config import config_from_dict, read_yaml  # noqa: E402
 from ur4rec.evaluation.ablations import fusion_weight_sweep  # noqa: E402
-from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
-from ur4rec.training.run import build_workspace  # noqa: E402
+from ur4rec.training.opened_run import open_run  # noqa: E402
 
 STAGES = ("pretrain_retriever", "joint_finetune", "end_to_end")
 
@@ -50,13 +48,12 @@ def main() -> None:
     torch.set_num_threads(2)
     per_seed, picked = {}, {}
     for run_dir in sorted(Path(args.seeds_dir).glob("seed-*")):
-        cfg = config_from_dict(read_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
-        ws = build_workspace(cfg)
-        fp = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
+        run = open_run(run_dir)
+        cfg, model = run.cfg, run.model
         rows = []
         for stage in STAGES:
-            ws.model.load_state_dict(load_checkpoint(run_dir / f"best-{stage}.pt", fp)["model"])
-            table = fusion_weight_sweep(ws.model, ws.data, cfg, weights=cfg.fusion_weight_grid)
+            model.load_state_dict(run.state(f"best-{stage}.pt"))
+            table = fusion_weight_sweep(model, run.workspace.data, cfg, weights=cfg.fusion_weight_grid)
             rows += [{"stage": stage, **r} for r in table.drop(columns="picked on valid").reset_index()
                      .to_dict(orient="records")]
         per_seed[cfg.seed] = rows

@@ -20,7 +20,7 @@ from ur4rec.diagnostics.reproductions import (
     reproduce_stale_checkpoint,
     skipped_batch_bias,
 )
-from ur4rec.training.run import train
+from ur4rec.pipeline import train
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def healthy_run(small, tmp_path: Path, monkeypatch):  # noqa: F811
     run = tmp_path / "run"
     train(ws.cfg, run, workspace=ws, progress=False)
     # the doctor rebuilds the workspace from the config: hand it this one (random test texts)
-    monkeypatch.setattr("ur4rec.training.run.build_workspace", lambda cfg: small(**_overrides(cfg, ws.cfg)))
+    monkeypatch.setattr("ur4rec.diagnostics.doctor.build_workspace", lambda cfg: small(**_overrides(cfg, ws.cfg)))
     return run, ws
 
 
@@ -58,6 +58,18 @@ def test_nan_weight_exits_1_naming_the_tensor(healthy_run, tmp_path: Path, capsy
     out = _last_json(capsys)
     bad = [c for c in out["checks"] if not c["ok"]]
     assert bad and "retriever.router.0.weight" in bad[0]["detail"]
+
+
+def test_nan_checkpoint_without_a_config_is_a_finding_not_a_failure(healthy_run, tmp_path: Path, capsys) -> None:
+    run, _ = healthy_run
+    ck = torch.load(run / "final.pt", weights_only=False)
+    ck["model"]["sasrec.item_embedding.weight"][5, 0] = float("inf")
+    torch.save(ck, tmp_path / "inf.pt")
+    assert main(["doctor", "--checkpoint", str(tmp_path / "inf.pt"), "--json"]) == 1  # not 2: the file loads
+    out = _last_json(capsys)
+    assert out["checks"][0] == {"check": "checkpoint loads", "ok": True, "detail": str(tmp_path / "inf.pt")}
+    assert [c["check"] for c in out["checks"] if not c["ok"]] == ["weights finite and sane"]
+    assert "sasrec.item_embedding.weight" in out["checks"][1]["detail"]
 
 
 def test_changed_config_exits_1_listing_keys(healthy_run, tmp_path: Path, capsys) -> None:

@@ -10,10 +10,13 @@ import torch
 
 from tests.conftest import synthetic_ml, write_grouplens
 from ur4rec.data import PreparedData, prepare
+from ur4rec.data.batching import training_windows, window_target_positions
+from ur4rec.evaluation.scoring import validation_metric
 from ur4rec.models import build_model
+from ur4rec.pipeline import train
 from ur4rec.training import JointTrainer, NonFiniteTrainingError
 from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ur4rec.training.run import Workspace, clean_run, embeddings_fingerprint, train
+from ur4rec.training.run import Workspace, clean_run, embeddings_fingerprint
 from ur4rec.training.seeding import seed_everything
 
 SMALL = {"max_seq_len": 8, "sasrec_hidden_dim": 16, "sasrec_num_heads": 2, "retriever_output_dim": 16,
@@ -46,6 +49,12 @@ def small(tmp_path: Path, tmp_cfg):
         return Workspace(cfg, data, texts, model, embeddings_fingerprint(texts.user, texts.item))
 
     return make
+
+
+def trainer_for(ws: Workspace, run_dir: Path) -> JointTrainer:
+    """A JointTrainer on the workspace, early-stopping on validation NDCG@10 as the pipeline's does."""
+    return JointTrainer(ws.model, ws.data, ws.cfg, run_dir, text_fingerprint=ws.text_fingerprint, progress=False,
+                        evaluate=lambda model, stage: validation_metric(model, ws.data, ws.cfg, stage))
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -126,7 +135,7 @@ def test_nan_guard_names_stage_step_users_and_module(small, tmp_path: Path) -> N
     ws = small(stages=["pretrain_retriever"])
     with torch.no_grad():
         ws.model.retriever.user_proj[0].weight[0, 0] = float("nan")  # poison one module
-    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    trainer = trainer_for(ws, tmp_path / "r")
     with pytest.raises(NonFiniteTrainingError) as err:
         trainer.fit()
     msg = str(err.value)
@@ -136,7 +145,7 @@ def test_nan_guard_names_stage_step_users_and_module(small, tmp_path: Path) -> N
 
 def test_skip_is_explicit_and_counted(small, tmp_path: Path) -> None:
     ws = small(stages=["pretrain_retriever"], on_nonfinite="skip", epochs_per_stage=1)
-    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    trainer = trainer_for(ws, tmp_path / "r")
     real_loss, calls = trainer.retriever_loss, []
 
     def flaky_loss(*args):  # the first two steps give a non-finite loss (each is computed again to locate it)
@@ -151,7 +160,7 @@ def test_skip_is_explicit_and_counted(small, tmp_path: Path) -> None:
 
 def test_stages_freeze_the_right_parameters(small, tmp_path: Path) -> None:
     ws = small()
-    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "r", progress=False)
+    trainer = trainer_for(ws, tmp_path / "r")
     m = ws.model
     expect = {"pretrain_sasrec": (True, False), "pretrain_retriever": (False, True),
               "joint_finetune": (True, True), "end_to_end": (True, True)}
@@ -193,7 +202,7 @@ def test_original_flat_config_trains_unchanged(small, tmp_path: Path) -> None:
 def test_seeds_sweep_reports_mean_and_std_and_reuses_finished_runs(small, tmp_path: Path) -> None:
     import statistics
 
-    from ur4rec.evaluation.seeds import run_seeds
+    from ur4rec.seeds import run_seeds
 
     base = small(sampled_negatives=10).cfg  # the synthetic catalogue has 40 items
 
@@ -356,7 +365,7 @@ def test_fusion_weight_grid_is_validated(tmp_cfg) -> None:
 def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_path: Path) -> None:
     ws = small(sasrec_sampling="windows", sasrec_batch_size=4, stages=["pretrain_sasrec", "pretrain_retriever"],
                epochs_per_stage=1)
-    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "b", progress=False)
+    trainer = trainer_for(ws, tmp_path / "b")
     trainer.fit()
     steps = {r["stage"]: r["step"] for r in _history(tmp_path / "b")}
     windows = len(trainer.inputs)
@@ -367,7 +376,7 @@ def test_sasrec_batch_size_sets_the_steps_of_pretrain_sasrec_only(small, tmp_pat
 def test_prefix_sampling_and_sasrec_epochs_apply_to_pretrain_sasrec_only(small, tmp_path: Path) -> None:
     ws = small(sasrec_sampling="prefixes", sasrec_batch_size=64, stages=["pretrain_sasrec", "pretrain_retriever"],
                sasrec_epochs=2, epochs_per_stage=1)
-    trainer = JointTrainer(ws.model, ws.data, ws.cfg, tmp_path / "p", progress=False)
+    trainer = trainer_for(ws, tmp_path / "p")
     result = trainer.fit()
     targets = sum(len(s) - 1 for s in ws.data.train_sequences())
     assert len(trainer.samples("pretrain_sasrec")[0]) == targets
@@ -381,7 +390,7 @@ def test_prefix_sampling_and_sasrec_epochs_apply_to_pretrain_sasrec_only(small, 
 
 
 def test_seeds_report_says_when_validation_gave_the_text_branch_no_weight() -> None:
-    from ur4rec.evaluation.seeds import aggregate, to_markdown
+    from ur4rec.seeds import aggregate, to_markdown
 
     def one(ndcg: float, best_weight: float, p: float) -> dict:
         entry = {"metrics": {"ndcg@10": ndcg, "hit@10": 2 * ndcg}, "ci95": {"ndcg@10": [ndcg - 0.01, ndcg + 0.01]}}
@@ -402,3 +411,142 @@ def test_seeds_report_says_when_validation_gave_the_text_branch_no_weight() -> N
     assert "seed 2021: pretrain_retriever checkpoint, retriever weight 0.0 (best pair on validation: joint_finetune, " \
            "weight 0.2, +0.0050 over SASRec alone, paired-test p = 0.260: not significant, not kept)" in md
     assert summary["fused_minus_sasrec"]["test"]["mean"] == 0.0
+
+
+# ---------------------------------------------------------------- exact resume (in process), user memory
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL in process (tests/test_resume.py kills real processes)."""
+
+
+def _kill_at(monkeypatch, point: str) -> None:
+    def kill_point(name: str) -> None:
+        if name == point:
+            raise Killed(name)
+
+    monkeypatch.setattr("ur4rec.training.trainer.kill_point", kill_point)
+
+
+def test_resume_after_early_stopping_finishes_like_the_uninterrupted_run(small, tmp_path: Path, monkeypatch) -> None:
+    """Scripted validation metrics make pretrain_sasrec stop early after epoch 1 (patience 1) and
+    pretrain_retriever after epoch 2; a kill just before or just after last.pt at those epochs, or
+    at the very end, resumes to the uninterrupted history, stage results and weights."""
+    script = {"pretrain_sasrec": [0.2, 0.1, 0.3, 0.4], "pretrain_retriever": [0.1, 0.3, 0.2, 0.5]}
+    opts = {"stages": ["pretrain_sasrec", "pretrain_retriever"], "epochs_per_stage": 4, "patience": 1}
+
+    def run(run_dir: Path, resume: bool = False):
+        ws = small(**opts)
+        trainer = trainer_for(ws, run_dir)
+        # the epoch being validated = the stage's history lines so far (restored on resume)
+        trainer.evaluate = lambda model, stage: script[stage][sum(r["stage"] == stage for r in trainer.history)]
+        return trainer.fit(resume=resume), ws.model
+
+    ref, ref_model = run(tmp_path / "ref")
+    assert [(s.stage, s.epochs, s.best_epoch, s.stopped_early) for s in ref.stages] == [
+        ("pretrain_sasrec", 2, 0, True), ("pretrain_retriever", 3, 1, True)]
+    points = ["epoch_end:pretrain_sasrec:1:before_last", "epoch_end:pretrain_sasrec:1:after_last",
+              "epoch_end:pretrain_retriever:2:before_last", "epoch_end:pretrain_retriever:2:after_last"]
+    for point in points:
+        run_dir = tmp_path / point.replace(":", "_")
+        _kill_at(monkeypatch, point)
+        with pytest.raises(Killed):
+            run(run_dir)
+        monkeypatch.undo()
+        result, model = run(run_dir, resume=True)
+        assert result.complete and [vars(s) | {"seconds": 0} for s in result.stages] == \
+            [vars(s) | {"seconds": 0} for s in ref.stages], point
+        assert _strip_time(_history(run_dir)) == _strip_time(_history(tmp_path / "ref")), point
+        ref_state = ref_model.state_dict()
+        assert all(torch.equal(ref_state[k], v) for k, v in model.state_dict().items()), point
+
+
+def test_resume_without_last_checkpoint_starts_afresh_and_drops_the_old_history(small, tmp_path: Path) -> None:
+    ws = small(stages=["pretrain_sasrec"], epochs_per_stage=1)
+    run_dir = tmp_path / "r"
+    train(ws.cfg, run_dir, workspace=ws, progress=False)
+    (run_dir / "last.pt").unlink()
+    (run_dir / "final.pt").unlink()
+    ws = small(stages=["pretrain_sasrec"], epochs_per_stage=1)
+    result, _ = train(ws.cfg, run_dir, workspace=ws, progress=False, resume=True)
+    assert result.complete and not result.already_finished and len(_history(run_dir)) == 1
+
+
+def test_resuming_a_finished_run_returns_its_saved_result_without_training(small, tmp_path: Path) -> None:
+    ws = small(stages=["pretrain_sasrec"], epochs_per_stage=1)
+    first, _ = train(ws.cfg, tmp_path / "r", workspace=ws, progress=False)
+    again = small(stages=["pretrain_sasrec"], epochs_per_stage=1)
+    before = (tmp_path / "r" / "final.pt").stat().st_mtime_ns
+    result, ws2 = train(again.cfg, tmp_path / "r", workspace=again, progress=False, resume=True)
+    assert result.already_finished and result.stages == first.stages
+    assert (tmp_path / "r" / "final.pt").stat().st_mtime_ns == before and len(_history(tmp_path / "r")) == 1
+    final = load_checkpoint(tmp_path / "r" / "final.pt")["model"]
+    assert all(torch.equal(final[k], v) for k, v in ws2.model.state_dict().items())  # the saved model is loaded
+
+
+def test_window_target_positions_index_each_windows_last_target() -> None:
+    import numpy as np
+
+    seqs = [np.arange(1, 4), np.arange(10, 22), np.arange(30, 32), np.array([7])]
+    for stride in (None, 2):
+        _, targets, owners = training_windows(seqs, 4, stride)
+        pos = window_target_positions(seqs, 4, stride)
+        assert len(pos) == len(targets)
+        assert [int(seqs[o][p]) for o, p in zip(owners.tolist(), pos.tolist())] == targets[:, -1].tolist()
+
+
+def _stored(memory) -> torch.Tensor:
+    """Bool [U, M]: which memory slots hold something (the memory's ``slot_pos``, -1 = empty)."""
+    return memory.slot_pos >= 0
+
+
+def test_training_writes_the_user_memory_at_training_target_positions(small, tmp_path: Path) -> None:
+    ws = small(stages=["pretrain_retriever"], epochs_per_stage=1, max_memory_size=2, interaction_threshold=3)
+    train(ws.cfg, tmp_path / "m", workspace=ws, progress=False)
+    memory, cfg = ws.model.retriever.memory, ws.cfg
+    stored = _stored(memory)
+    assert stored.any(dim=1).float().mean() > 0.5, "training wrote no (or almost no) user memory"
+    seqs = ws.data.train_sequences()
+    _, _, owners = training_windows(seqs, cfg.max_seq_len, cfg.train_window_stride)
+    positions = window_target_positions(seqs, cfg.max_seq_len, cfg.train_window_stride)
+    for u in range(ws.data.num_users):  # every slot sits at the position of one of the user's training targets
+        assert set(memory.slot_pos[u][stored[u]].tolist()) <= set(positions[owners == u].tolist()), u
+
+
+def test_held_out_items_never_reach_the_user_memory(tmp_path: Path, tmp_cfg) -> None:
+    """Two datasets with the same training interactions but each user's validation and test items
+    swapped: after two end_to_end epochs (memory written by both per-pair losses) last.pt is identical,
+    memory buffers first."""
+    ds = synthetic_ml(n_users=24, n_items=40, per_user=14)
+    by_user: dict[int, list] = {}
+    for row in ds["inter"]:
+        by_user.setdefault(row[0], []).append(row)
+    rows_a, rows_b = [], []
+    for rows in by_user.values():
+        rows = sorted(rows, key=lambda r: (r[3], r[1]))
+        t = rows[-1][3]
+        (u, x, rx, _), (_, y, ry, _) = rows[-2], rows[-1]
+        rows_a += rows[:-2] + [(u, x, rx, t + 10), (u, y, ry, t + 20)]  # distinct times: a fixed order
+        rows_b += rows[:-2] + [(u, y, ry, t + 10), (u, x, rx, t + 20)]
+    states, data = [], []
+    for name, rows in (("a", rows_a), ("b", rows_b)):
+        folder = write_grouplens(tmp_path / f"gl-{name}", ds | {"inter": rows})
+        cfg = tmp_cfg(data_path=str(folder), data_dir=str(tmp_path / f"data-{name}"),
+                      **{**SMALL, "stages": ["end_to_end"], "epochs_per_stage": 3, "interaction_threshold": 3})
+        d = PreparedData.load(prepare(cfg).path)
+        texts = RandomTexts(d.num_users, d.num_items)
+        seed_everything(cfg.seed, "init")
+        model = build_model(cfg, d.num_users, d.num_items, texts.user, texts.item)
+        ws = Workspace(cfg, d, texts, model, embeddings_fingerprint(texts.user, texts.item))
+        train(cfg, tmp_path / f"run-{name}", workspace=ws, progress=False, max_epochs=2)
+        states.append(load_checkpoint(tmp_path / f"run-{name}" / "last.pt")["model"])
+        data.append(d)
+    a, b = data
+    assert all((x == y).all() for x, y in zip(a.train_sequences(), b.train_sequences()))
+    differ = sum(a.held_out("valid")[u][0] != b.held_out("valid")[u][0] for u in range(a.num_users))
+    assert differ == a.num_users, "the two datasets must differ in every user's held-out items"
+    memory = [f"retriever.memory.{name}" for name, _ in ws.model.retriever.memory.named_buffers()]
+    assert memory and bool((states[0]["retriever.memory.slot_pos"] >= 0).any()), "no memory was written"
+    for k in memory:
+        assert torch.equal(states[0][k], states[1][k]), f"held-out items reached the user memory ({k})"
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "held-out items reached training"

@@ -1,3 +1,3 @@
 """UR4Rec Workbench: LLM-text-augmented sequential recommendation, notebook first."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

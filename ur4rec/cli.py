@@ -74,7 +74,7 @@ def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
 
 
 def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
-    from ur4rec.training.run import train
+    from ur4rec.pipeline import train
 
     cfg = load_config(args.config, args.overrides)
     result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json,
@@ -82,15 +82,19 @@ def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     payload = result.to_dict()
     lines = [f"{s.stage:<20} epochs {s.epochs:>3}  best valid NDCG@10 {s.best_metric:.4f} (epoch {s.best_epoch})"
              f"{'  early-stopped' if s.stopped_early else ''}  {s.seconds:.1f} s" for s in result.stages]
-    lines.append(f"Run: {result.run_dir} ({result.seconds:.1f} s)")
+    if result.already_finished:
+        lines.append(f"Run {result.run_dir} had already finished (its final.pt matches this config and data): "
+                     "nothing to resume, nothing trained.")
+    else:
+        lines.append(f"Run: {result.run_dir} ({result.seconds:.1f} s)")
     return 0, payload, "\n".join(lines)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
-    from ur4rec.evaluation.evaluate import evaluate_run, to_markdown
+    from ur4rec.evaluation.evaluate import evaluate_run
 
     if args.seeds is not None:
-        from ur4rec.evaluation import seeds
+        from ur4rec import seeds
 
         cfg = load_config(args.config, args.overrides)
         summary = seeds.run_seeds(cfg, args.seeds, args.run_dir, progress=not args.json,
@@ -100,8 +104,7 @@ def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
         raise ConfigError("--config/--set apply only with --seeds: a single run is evaluated with its own config.yaml.",
                           where="ur4rec evaluate", fix="drop --config/--set, or add --seeds K")
     results = evaluate_run(args.run_dir, allow_mismatch=args.allow_mismatch)
-    results = {k: v for k, v in results.items() if not k.startswith("_")}
-    return 0, results, to_markdown(results) + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
+    return 0, results.to_dict(), results.to_markdown() + f"\nWritten: {Path(args.run_dir) / 'eval.json'}, eval.md"
 
 
 def cmd_doctor(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:

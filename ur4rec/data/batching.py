@@ -22,17 +22,24 @@ def pad_left(seqs: Sequence[np.ndarray], max_len: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _windows(s: np.ndarray, max_len: int, stride: int):
-    """(input, target) windows of one sequence, from its end backwards (see ``training_windows``)."""
-    end = len(s)
+def _window_bounds(length: int, max_len: int, stride: int):
+    """(start, end) of each window of a sequence of ``length`` items, from its end backwards: the
+    window is s[start:end], its inputs s[start:end-1] and its targets s[start+1:end]."""
+    end = length
     while end > 1:
         start = max(0, end - max_len - 1)
+        yield start, end
+        end = end - stride if start > 0 else 0
+
+
+def _windows(s: np.ndarray, max_len: int, stride: int):
+    """(input, target) windows of one sequence, from its end backwards (see ``training_windows``)."""
+    for start, end in _window_bounds(len(s), max_len, stride):
         window = s[start:end]
         target = window[1:].copy()
         if start > 0:  # positions start+1 .. end-1; those before end-stride belong to the next window
             target[: max(0, end - stride - (start + 1))] = 0
         yield window[:-1], target
-        end = end - stride if start > 0 else 0
 
 
 def training_windows(seqs: Sequence[np.ndarray], max_len: int, stride: int | None = None,
@@ -47,9 +54,7 @@ def training_windows(seqs: Sequence[np.ndarray], max_len: int, stride: int | Non
     Returns left-padded (inputs, targets) [W, max_len] (target 0 marks padding or no loss) and the
     index of the sequence each window came from [W].
     """
-    stride = stride or max_len
-    if not 0 < stride <= max_len:
-        raise ValueError(f"stride must be in 1..max_len ({max_len}), got {stride}")
+    stride = _check_stride(stride, max_len)
     inputs, targets, owners = [], [], []
     for owner, s in enumerate(seqs):
         for inp, tgt in _windows(np.asarray(s, dtype=np.int64), max_len, stride):
@@ -57,6 +62,28 @@ def training_windows(seqs: Sequence[np.ndarray], max_len: int, stride: int | Non
             targets.append(tgt)
             owners.append(owner)
     return pad_left(inputs, max_len), pad_left(targets, max_len), torch.as_tensor(owners, dtype=torch.long)
+
+
+def _check_stride(stride: int | None, max_len: int) -> int:
+    stride = stride or max_len
+    if not 0 < stride <= max_len:
+        raise ValueError(f"stride must be in 1..max_len ({max_len}), got {stride}")
+    return stride
+
+
+def window_target_positions(seqs: Sequence[np.ndarray], max_len: int, stride: int | None = None) -> torch.Tensor:
+    """For each window of ``training_windows`` (same arguments, same order): the 0-based index, in its
+    sequence, of the window's last target — the positive of the per-pair losses, and the
+    ``target_positions`` the user memory is written under (only from earlier items). LongTensor [W]."""
+    stride = _check_stride(stride, max_len)
+    return torch.as_tensor([end - 1 for s in seqs for _, end in _window_bounds(len(s), max_len, stride)],
+                           dtype=torch.long)
+
+
+def prefix_target_positions(seqs: Sequence[np.ndarray]) -> torch.Tensor:
+    """For each sample of ``training_prefixes`` (same order): the 0-based index of its target in its
+    sequence. LongTensor [T]."""
+    return torch.as_tensor([t for s in seqs for t in range(1, len(s))], dtype=torch.long)
 
 
 def training_prefixes(seqs: Sequence[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

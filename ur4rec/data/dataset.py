@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ur4rec.config import Config
+from ur4rec.data.prepare import prepare
 from ur4rec.errors import DataError
 
 Split = Literal["valid", "test"]
@@ -97,8 +98,6 @@ class PreparedData:
 
 def load_prepared(cfg: Config) -> PreparedData:
     """Prepare (if needed) and load the dataset ``cfg`` names."""
-    from ur4rec.data.prepare import prepare
-
     result = prepare(cfg)
     data = PreparedData.load(result.path)
     if cfg.num_items is not None and cfg.num_items != data.num_items:

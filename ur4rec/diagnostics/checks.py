@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
+import tempfile
 from collections.abc import Callable, Iterable
 
 import pandas as pd
 import torch
 from torch import nn
+
+from ur4rec.data.batching import pad_left
+from ur4rec.evaluation.scoring import catalogue_scorer, validation_metric
+from ur4rec.training.trainer import JointTrainer
 
 MODES = {"grad": torch.enable_grad, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
 
@@ -88,14 +94,8 @@ def original_checks(workspace, batch_sizes: Iterable[int] = (32, 64, 128), train
     2. ``full_model``: the fused forward in train and eval mode, per score component;
     3. ``train_then_eval``: a copy of the model trained for ``train_batches`` real batches (the
        workbench trainer, so its NaN guard is active), then its full-ranking validation scores.
-    The workspace's own model is left untouched."""
-    import copy
-    import tempfile
-
-    from ur4rec.data.batching import pad_left
-    from ur4rec.evaluation.scoring import per_pair_scorer
-    from ur4rec.training.run import Workspace, train
-
+    The workspace's own model is left untouched; the short training run writes into ``run_dir``
+    (a scratch folder: a temporary one by default)."""
     ws, cfg = workspace, workspace.cfg
     hist = ws.data.history("valid")
     held = ws.data.held_out("valid")
@@ -120,15 +120,17 @@ def original_checks(workspace, batch_sizes: Iterable[int] = (32, 64, 128), train
             out = probe(users, seq, cands)
         for key in ("scores", "sasrec_scores", "retriever_scores"):
             rows.append(_score_row("full_model", f"{'train' if train_mode else 'eval'}, {key}", out[key]))
-    trained = Workspace(cfg, ws.data, ws.texts, copy.deepcopy(model), ws.text_fingerprint)
+    trained = copy.deepcopy(model)
     with tempfile.TemporaryDirectory(prefix="ur4rec-check-") as tmp:
-        train(cfg, run_dir=run_dir or tmp, progress=False, max_batches=train_batches, workspace=trained)
-    trained.model.eval()
-    score = per_pair_scorer(trained.model, "fused", cfg.rerank_top_r)
+        trainer = JointTrainer(trained, ws.data, cfg, run_dir or tmp, text_fingerprint=ws.text_fingerprint,
+                               evaluate=lambda m, stage: validation_metric(m, ws.data, cfg, stage), progress=False)
+        trainer.fit(max_batches=train_batches)
+    trained.eval()
+    score = catalogue_scorer(trained, cfg, "fused")
     with torch.no_grad():
         all_users = torch.arange(ws.data.num_users)
         fused = score(all_users, pad_left(hist, cfg.max_seq_len))
-        sasrec = trained.model.sasrec.full_sort_predict(pad_left(hist, cfg.max_seq_len))[:, 1:]
+        sasrec = trained.sasrec.full_sort_predict(pad_left(hist, cfg.max_seq_len))[:, 1:]
     rows.append(_score_row("train_then_eval", f"{train_batches} batches, SASRec catalogue scores", sasrec))
     rows.append(_score_row("train_then_eval", f"{train_batches} batches, fused two-stage scores",
                            fused[:, 1:][torch.isfinite(fused[:, 1:])]))

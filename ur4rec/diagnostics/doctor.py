@@ -1,7 +1,8 @@
 """``ur4rec doctor``: load a run or checkpoint, and say plainly whether it is healthy and why not.
 
-Checks, in order: the file loads (exit 2 if missing or truncated); its fingerprint matches the
-config (differing keys listed); its weights are finite, not exploding, without dead embedding
+Checks, in order: the file loads (exit 2 if missing or truncated; one holding NaN/Inf is refused by
+the checkpoint reader, and reported with the tensors named); its fingerprint matches the config
+(differing keys listed); its weights are finite, not exploding, without dead embedding
 rows (tensors named); a forward sweep on real validation batches in train and eval modes, under
 grad / no_grad / inference_mode, gives finite scores for every component (the first module with a
 non-finite output named). Exit 0 healthy, 1 problems found, 2 could not run.
@@ -9,8 +10,6 @@ non-finite output named). Exit 0 healthy, 1 problems found, 2 could not run.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,11 @@ import torch
 from ur4rec.config import Config, config_from_dict, read_yaml
 from ur4rec.data.batching import pad_left
 from ur4rec.diagnostics.checks import MODES, component_ranges, scan_weights
-from ur4rec.diagnostics.hooks import find_first_nonfinite
 from ur4rec.errors import UR4RecError
-from ur4rec.training.checkpoint import fingerprint_differences, run_fingerprint
+from ur4rec.training.checkpoint import CheckpointError, fingerprint_differences, load_checkpoint, run_fingerprint
+from ur4rec.training.nonfinite import find_first_nonfinite
+from ur4rec.training.opened_run import load_into, read_run_config
+from ur4rec.training.run import Workspace, build_workspace
 
 
 class DoctorCannotRun(UR4RecError):
@@ -52,54 +53,46 @@ class Verdict:
         return out
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DoctorCannotRun("Checkpoint file does not exist.", where=str(path), fix="check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise DoctorCannotRun(
-            f"Checkpoint file is truncated or corrupt ({type(exc).__name__}).",
-            where=f"{path} ({path.stat().st_size} bytes)",
-            fix="use another checkpoint of the run (best-*.pt, last.pt) or retrain",
-        ) from None
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise DoctorCannotRun("File is not a UR4Rec checkpoint.", where=str(path),
-                              fix="pass a file written by ur4rec train")
-    return payload
-
-
-def _resolve(run_dir: str | None, checkpoint: str | None, config: str | None) -> tuple[Path, Config]:
+def _checkpoint_path(run_dir: str | None, checkpoint: str | None) -> Path:
     if bool(run_dir) == bool(checkpoint):
         raise DoctorCannotRun("Give exactly one of --run-dir or --checkpoint.", where="ur4rec doctor",
                               fix="ur4rec doctor --run-dir runs/<run> (or --checkpoint file.pt)")
-    if run_dir:
-        path = Path(run_dir) / "final.pt"
-        if not path.exists():
-            path = Path(run_dir) / "last.pt"
-        cfg_path = Path(config) if config else Path(run_dir) / "config.yaml"
-    else:
-        path = Path(checkpoint)
-        cfg_path = Path(config) if config else None
+    if checkpoint:
+        return Path(checkpoint)
+    final = Path(run_dir) / "final.pt"
+    return final if final.exists() else Path(run_dir) / "last.pt"  # an unfinished run: its latest state
+
+
+def _config(run_dir: str | None, config: str | None, payload: dict[str, Any], path: Path) -> Config:
+    """The config to check against: --config, else the run's config.yaml, else the checkpoint's own."""
+    if not (config or run_dir or "config" in payload):
+        raise DoctorCannotRun("The checkpoint embeds no config.", where=str(path),
+                              fix="pass the config it was trained with: --config file.yaml")
     try:
-        if cfg_path is not None:
-            cfg = config_from_dict(read_yaml(cfg_path), str(cfg_path))
-        else:
-            cfg = config_from_dict(_read_checkpoint(path)["config"], f"{path} (embedded config)")
+        if config:
+            return config_from_dict(read_yaml(config), str(config))
+        if run_dir:
+            return read_run_config(run_dir)
+        return config_from_dict(payload["config"], f"{path} (embedded config)")
     except UR4RecError as exc:
-        if isinstance(exc, DoctorCannotRun):
-            raise
         raise DoctorCannotRun(f"Config could not be read: {exc.what}", where=exc.where, fix=exc.fix) from None
-    return path, cfg
 
 
 def diagnose(run_dir: str | None = None, checkpoint: str | None = None, config: str | None = None,
-             batch_size: int = 64, workspace: Any = None) -> Verdict:
-    from ur4rec.training.run import build_workspace
-
-    path, cfg = _resolve(run_dir, checkpoint, config)
-    payload = _read_checkpoint(path)
+             batch_size: int = 64, workspace: Workspace | None = None) -> Verdict:
+    path = _checkpoint_path(run_dir, checkpoint)
     v = Verdict()
+    try:
+        # no expected fingerprint: a stale checkpoint is a finding below, not a refusal
+        payload = load_checkpoint(path)
+    except CheckpointError as exc:
+        if not exc.tensors:  # missing, truncated, not a checkpoint
+            raise DoctorCannotRun(exc.what, where=exc.where, fix=exc.fix) from None
+        # it loads, but holds NaN/Inf: the reader refuses it, so nothing further can be examined
+        v.add("checkpoint loads", True, str(path))
+        v.add("weights finite and sane", False, "; ".join(f"{t}: non-finite values" for t in exc.tensors))
+        return v
+    cfg = _config(run_dir, config, payload, path)
     v.add("checkpoint loads", True, str(path))
     ws = workspace or build_workspace(cfg)
     expected = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
@@ -110,17 +103,17 @@ def diagnose(run_dir: str | None = None, checkpoint: str | None = None, config: 
     v.add("weights finite and sane", scan.empty,
           "; ".join(f"{r.tensor}: {r.problem} ({r.detail})" for r in scan.itertuples()) or "no problem found")
     try:
-        ws.model.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        v.add("weights fit the config's model", False, str(exc).splitlines()[0][:300])
+        load_into(ws.model, payload, path)
+    except CheckpointError as exc:
+        v.add("weights fit the config's model", False, exc.what)
         return v
     if not scan.empty:
-        return v  # NaN weights: the sweep would only repeat it
+        return v  # broken weights: the sweep would only repeat it
     _sweep(v, ws, cfg, batch_size)
     return v
 
 
-def _sweep(v: Verdict, ws: Any, cfg: Config, batch_size: int) -> None:
+def _sweep(v: Verdict, ws: Workspace, cfg: Config, batch_size: int) -> None:
     """Real validation batches (short and long histories) through the fused model in every mode."""
     model, data = ws.model, ws.data
     hist = data.history("valid")

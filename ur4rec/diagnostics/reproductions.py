@@ -6,11 +6,16 @@ the workbench's does not, and a notebook can plot them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ur4rec.config import Config
 from ur4rec.models.sasrec import SASRec
+from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, run_fingerprint, save_checkpoint
 
 
 class NaiveSASRec(nn.Module):
@@ -113,11 +118,6 @@ def reproduce_stale_checkpoint(tmp_dir: str) -> dict[str, object]:
     Plain ``load_state_dict`` accepts it silently (dropout has no weights), so the original could
     only guess "stale checkpoint"; the workbench's fingerprint names the differing key.
     """
-    from pathlib import Path
-
-    from ur4rec.config import Config
-    from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, run_fingerprint, save_checkpoint
-
     old, new = Config(sasrec_dropout=0.2), Config(sasrec_dropout=0.0)
     model = SASRec(20, 16, 1, 2, old.sasrec_dropout, 10)
     path = Path(tmp_dir) / "stale.pt"
@@ -138,8 +138,6 @@ def skipped_batch_bias(per_user_metric, history_lengths, max_seq_len: int, batch
     original skipped any batch containing a NaN. Returns the mean metric over all users, over the
     users in batches without NaN (what the original reported), and over users without NaN.
     """
-    import numpy as np
-
     m = np.asarray(per_user_metric, dtype=float)
     nan_user = np.asarray(history_lengths) < max_seq_len
     keep_batch = np.zeros(len(m), dtype=bool)

@@ -11,16 +11,19 @@ validation``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from ur4rec.config import Config
+from ur4rec.config import PROJECT_ROOT, Config
 from ur4rec.data.dataset import PreparedData
 from ur4rec.evaluation.protocol import evaluate_full_ranking
-from ur4rec.evaluation.scoring import per_pair_scorer
+from ur4rec.evaluation.scoring import catalogue_scorer, retriever_weight, set_retriever_weight
+from ur4rec.evaluation.statistics import paired_permutation_test
 
 DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -33,20 +36,16 @@ def fusion_weight_sweep(model: torch.nn.Module, data: PreparedData, cfg: Config,
     if model.fusion_method != "weighted":
         raise ValueError("fusion_weight_sweep needs fusion_method: weighted (the other methods learn their weights)")
     model.eval()
-    saved = model.fixed_weights.clone()
+    scorer = catalogue_scorer(model, cfg, "fused")
     rows = []
-    try:
-        for w in weights:
-            model.fixed_weights.copy_(torch.tensor([1.0 - w, w]))
-            row = {"retriever_weight": w}
+    for w in weights:
+        row = {"retriever_weight": w}
+        with retriever_weight(model, w):
             for split in splits:
-                res = evaluate_full_ranking(per_pair_scorer(model, "fused", cfg.rerank_top_r), data, split,
-                                            cfg.max_seq_len, ks=[10])
+                res = evaluate_full_ranking(scorer, data, split, cfg.max_seq_len, ks=[10])
                 row[f"{split} ndcg@10"] = res.summary["ndcg@10"]
                 row[f"{split} hit@10"] = res.summary["hit@10"]
-            rows.append(row)
-    finally:
-        model.fixed_weights.copy_(saved)
+        rows.append(row)
     table = pd.DataFrame(rows).set_index("retriever_weight")
     if "valid ndcg@10" in table:
         table["picked on valid"] = table.index == table["valid ndcg@10"].idxmax()
@@ -56,15 +55,8 @@ def fusion_weight_sweep(model: torch.nn.Module, data: PreparedData, cfg: Config,
 def _valid_ndcg_per_user(model: torch.nn.Module, data: PreparedData, cfg: Config, weight: float | None):
     """Per-user validation NDCG@10 of the fused model (two-stage), at ``weight`` if given."""
     model.eval()
-    saved = model.fixed_weights.clone()
-    try:
-        if weight is not None:
-            model.fixed_weights.copy_(torch.tensor([1.0 - weight, weight]))
-        with torch.no_grad():
-            res = evaluate_full_ranking(per_pair_scorer(model, "fused", cfg.rerank_top_r), data, "valid",
-                                        cfg.max_seq_len, ks=[10])
-    finally:
-        model.fixed_weights.copy_(saved)
+    with retriever_weight(model, weight), torch.no_grad():
+        res = evaluate_full_ranking(catalogue_scorer(model, cfg, "fused"), data, "valid", cfg.max_seq_len, ks=[10])
     return res.per_user["ndcg@10"]
 
 
@@ -83,8 +75,6 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
     validation scores overstates the winner; this keeps the text branch and the joint stages only
     where validation shows a real gain. Test is never looked at.
     """
-    from ur4rec.evaluation.statistics import paired_permutation_test
-
     candidates = {k: v for k, v in checkpoints.items() if k != "pretrain_sasrec"} or dict(checkpoints)
     weighted = model.fusion_method == "weighted"
     weights = sorted(set(cfg.fusion_weight_grid) | {0.0}) if weighted else [None]
@@ -120,5 +110,30 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
             stage, weight, value = baseline, 0.0, table[baseline]["0.0"]
     model.load_state_dict(candidates[stage])
     if weight is not None:
-        model.fixed_weights.copy_(torch.tensor([1.0 - weight, weight]))
+        set_retriever_weight(model, weight)
     return {"stage": stage, "retriever_weight": weight, "valid_ndcg@10": value, **record}
+
+
+#: Where ``bench/memory_ablation.py`` publishes (committed with the repository, measured by the bench).
+MEMORY_ABLATION = PROJECT_ROOT / "bench" / "results" / "memory_ablation.json"
+ABLATION_MODELS = {"sasrec": "SASRec alone", "retriever": "retriever alone", "ur4rec": "shipped fused"}
+
+
+def memory_ablation_table(path: Path = MEMORY_ABLATION) -> pd.DataFrame:
+    """The per-user memory on/off rows measured by ``bench/memory_ablation.py`` (test, full ranking):
+    mean ± std over seeds of NDCG@10 / Hit@10 / MRR@10 per model, and the paired test on − off.
+    A missing results file gives a one-row table saying how to produce it."""
+    if not path.is_file():
+        return pd.DataFrame({"note": [f"{path.name} not found: run `python bench/memory_ablation.py` "
+                                      "(5 seeds, see its docstring for the protocol and cost)"]})
+    result = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for name, row in result["rows"].items():
+        for model, label in ABLATION_MODELS.items():
+            cells = {metric: f"{row[f'{model} {metric}']['mean']:.4f} ± {row[f'{model} {metric}']['std']:.4f}"
+                     for metric in ("ndcg@10", "hit@10", "mrr@10")}
+            rows.append({"row": name, "model": label, **cells, "seeds": len(row["seeds"])})
+    for model, test in result.get("paired_test_on_vs_off", {}).items():
+        rows.append({"row": "on − off (paired, per-user mean over seeds)", "model": ABLATION_MODELS[model],
+                     "ndcg@10": f"{test['mean_difference']:+.4f} (p = {test['p_value']:.3f})"})
+    return pd.DataFrame(rows).set_index(["row", "model"])

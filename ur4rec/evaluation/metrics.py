@@ -21,6 +21,11 @@ import torch
 
 from ur4rec.errors import UR4RecError
 
+#: Every metric a leaderboard reports (per model and split; each with a 95% bootstrap CI).
+REPORTED = ["hit@5", "ndcg@5", "hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "mrr", "mean_rank"]
+#: The headline subset that summaries show side by side (seed sweeps, report index, peer benches).
+HEADLINE = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+
 
 class NonFiniteScoresError(UR4RecError):
     """Scores contained NaN/Inf for some users; evaluation refuses to drop them silently."""

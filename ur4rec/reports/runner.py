@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import os
 import platform
 import subprocess
@@ -20,9 +21,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from ur4rec.data.prepare import prepare
 from ur4rec.errors import ConfigError
+from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
 from ur4rec.profiles import profile_config
 from ur4rec.reports.offline_html import export_html
@@ -88,8 +92,6 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
 def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     cfg = profile_config(profile, parameters.get("config_path"), parameters.get("overrides"))
     try:
-        from ur4rec.data.prepare import prepare
-
         dataset_fp = prepare(cfg).fingerprint[:12]
     except Exception as exc:  # the data notebook will show the real error
         dataset_fp = f"unavailable ({type(exc).__name__})"
@@ -99,13 +101,8 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    try:
-        import torch
-
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-        threads = torch.get_num_threads()  # the kernels start with the same default; float sums depend on it
-    except Exception:  # torch missing or broken: metadata only
-        device, threads = "unknown", None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    threads = torch.get_num_threads()  # the kernels start with the same default; float sums depend on it
     return {
         "profile": profile,
         "git": git_state(),
@@ -281,11 +278,9 @@ def _leaderboard_html(eval_json: Path) -> str:
     """The headline table from the run's eval.json: test, full ranking, with 95% CIs."""
     if not eval_json.is_file():
         return ""
-    import json
-
     results = json.loads(eval_json.read_text())
     entries = results.get("full", {}).get("test", {})
-    metrics = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+    metrics = HEADLINE
     rows = []
     for name, e in sorted(entries.items(), key=lambda kv: -kv[1]["metrics"]["ndcg@10"]):
         cells = "".join(f"<td>{e['metrics'][m]:.4f} <small>[{e['ci95'][m][0]:.4f}, {e['ci95'][m][1]:.4f}]</small></td>"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ur4rec.texts.pipeline import ORIGIN_LABEL
+from ur4rec.config import load_config
+from ur4rec.data import load_prepared
+from ur4rec.texts.pipeline import ORIGIN_LABEL, build_texts
 
 
 def cmd_texts(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
-    from ur4rec.config import load_config
-    from ur4rec.data import load_prepared
-    from ur4rec.texts.pipeline import build_texts
-
     cfg = load_config(args.config, args.overrides)
     data = load_prepared(cfg)
     res = build_texts(cfg, data, limit=args.limit, progress=not args.json)

@@ -18,7 +18,7 @@ from ur4rec.data.dataset import PreparedData
 from ur4rec.errors import UR4RecError
 from ur4rec.io import sha256_file, sha256_json
 from ur4rec.texts.base import Kind, OnResult, PreferenceTextSource
-from ur4rec.texts.template import TemplateSource
+from ur4rec.texts.template import TemplateSource, item_text, user_text
 
 KEYS = {"user": "user_text_file", "item": "item_text_file"}
 
@@ -109,8 +109,6 @@ class FilesSource(PreferenceTextSource):
         known = set(raw_of.values())
         self.stats.extra.setdefault("unknown_ids", {})[kind] = sum(1 for r in texts if r not in known)
         view = self._template.view(data)
-        from ur4rec.texts.template import item_text, user_text
-
         fallback = user_text if kind == "user" else item_text
         for i in ids:
             raw = raw_of.get(int(i))

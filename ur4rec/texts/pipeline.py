@@ -28,6 +28,10 @@ from ur4rec.io import atomic_write_bytes, atomic_write_json, sha256_json
 from ur4rec.texts.base import KINDS, Kind, PreferenceTextSource
 from ur4rec.texts.cache import EmbeddingCache, TextCache, text_sha
 from ur4rec.texts.encoder import EncoderSpec, load_encoder, resolve_encoder
+from ur4rec.texts.files import FilesSource
+from ur4rec.texts.local_llm import TransformersSource
+from ur4rec.texts.openai_source import OpenAISource
+from ur4rec.texts.template import TemplateSource
 
 if TYPE_CHECKING:
     import torch
@@ -39,20 +43,12 @@ ORIGIN_LABEL = {"template": "template text (not LLM-written)", "llm": "LLM-gener
 def make_source(cfg: Config, **kwargs: Any) -> PreferenceTextSource:
     """The text source ``cfg.text_source`` names (``kwargs`` go to its constructor, e.g. backoff_base)."""
     if cfg.text_source == "template":
-        from ur4rec.texts.template import TemplateSource
-
         return TemplateSource()
     if cfg.text_source == "openai":
-        from ur4rec.texts.openai_source import OpenAISource
-
         return OpenAISource(cfg, **kwargs)
     if cfg.text_source == "transformers":
-        from ur4rec.texts.local_llm import TransformersSource
-
         return TransformersSource(cfg)
     if cfg.text_source == "files":
-        from ur4rec.texts.files import FilesSource
-
         return FilesSource(cfg)
     raise UR4RecError(f"Unknown text_source {cfg.text_source!r}.", where="config key text_source",
                       fix="use template, openai, transformers or files")  # pragma: no cover

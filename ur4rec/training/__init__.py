@@ -1,5 +1,8 @@
-"""Staged joint training (``JointTrainer``) with checkpoints that cannot go stale."""
+"""Staged joint training (``JointTrainer``), resumable exactly, with checkpoints that cannot go stale.
 
-from ur4rec.training.trainer import JointTrainer, NonFiniteTrainingError, TrainResult
+A whole run (workspace, training, final-model selection, ``final.pt``) is ``ur4rec.pipeline.train``.
+"""
 
-__all__ = ["JointTrainer", "NonFiniteTrainingError", "TrainResult"]
+from ur4rec.training.trainer import JointTrainer, NonFiniteTrainingError, StageResult, TrainResult
+
+__all__ = ["JointTrainer", "NonFiniteTrainingError", "StageResult", "TrainResult"]

@@ -6,6 +6,18 @@ Loading compares the fingerprint with the current run: a checkpoint made under a
 data — the original system's "stale checkpoint" — is refused with the differing keys listed, rather
 than guessed at. A checkpoint holding NaN/Inf is refused with the tensor names. Files are written
 atomically, so a crash never leaves a half-written checkpoint behind.
+
+Crash tests: with the environment variable ``UR4REC_KILL_AT`` set to a point's name, the process
+SIGKILLs itself when it reaches that point (``kill_point``), so tests can kill a real training run
+at an exact moment and check that ``--resume`` finishes it as if nothing happened
+(tests/test_resume.py). The points, in the order a run reaches them:
+
+- ``before_first_last``: a fresh run, its folder prepared, before the first epoch;
+- ``mid_epoch:<stage>:<epoch>:<batch>``: before that batch (0-based) of that epoch (0-based);
+- ``epoch_end:<stage>:<epoch>:before_last`` / ``...:after_last``: the epoch's history line and
+  best checkpoint written, just before / just after ``last.pt`` is written;
+- ``selection``: every stage done and final-model selection computed, before ``final.pt``;
+- ``after_final``: just after ``final.pt`` is written.
 """
 
 from __future__ import annotations
@@ -13,6 +25,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import signal
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +43,16 @@ from ur4rec.io import atomic_write_bytes, sha256_json
 NON_SEMANTIC_KEYS = {"data_dir", "runs_dir", "reports_dir", "profile", "num_workers", "data_path", "data_source",
                      "allow_download", "epochs_per_stage", "sasrec_epochs", "patience", "eval_ks", "exact_catalogue",
                      "sampled_negatives", "sampled_strategy"}
+
+
+#: Environment variable naming the point at which the process kills itself (see the module docstring).
+KILL_ENV = "UR4REC_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process if ``UR4REC_KILL_AT`` names this point: a crash at an exact moment, for tests."""
+    if os.environ.get(KILL_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class CheckpointError(UR4RecError):

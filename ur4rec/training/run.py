@@ -1,8 +1,9 @@
-"""A training run end to end: data → texts and embeddings → model → JointTrainer.
+"""What a training run is built from (``Workspace``: data, texts and embeddings, model) and where it
+lives.
 
 A run lives in one directory (default ``runs/<profile>-<config hash>``): ``config.yaml``,
 ``history.jsonl`` (one JSON line per epoch), ``best-<stage>.pt``, ``last.pt`` (for ``--resume``)
-and ``final.pt``.
+and ``final.pt``. Training a run end to end is ``ur4rec.pipeline.train``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from ur4rec.config import Config
 from ur4rec.data.dataset import PreparedData, load_prepared
 from ur4rec.errors import UR4RecError
+from ur4rec.models.build import build_model
+from ur4rec.texts import TextEmbeddings, load_text_embeddings
 from ur4rec.training.seeding import seed_everything
 
 
@@ -26,7 +29,7 @@ class Workspace:
 
     cfg: Config
     data: PreparedData
-    texts: Any  # ur4rec.texts.TextEmbeddings
+    texts: TextEmbeddings | Any  # tests hand in stand-ins with .user / .item / .source
     model: torch.nn.Module
     text_fingerprint: str
 
@@ -39,9 +42,6 @@ def embeddings_fingerprint(user: torch.Tensor, item: torch.Tensor) -> str:
 
 
 def build_workspace(cfg: Config) -> Workspace:
-    from ur4rec.models.build import build_model
-    from ur4rec.texts import load_text_embeddings
-
     data = load_prepared(cfg)
     texts = load_text_embeddings(cfg, data)
     seed_everything(cfg.seed, "init")
@@ -51,19 +51,6 @@ def build_workspace(cfg: Config) -> Workspace:
 
 def default_run_dir(cfg: Config) -> Path:
     return cfg.path("runs_dir") / f"{cfg.profile}-{cfg.hash()}"
-
-
-def train(cfg: Config, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-          on_epoch=None, max_epochs: int | None = None, workspace: Workspace | None = None,
-          allow_mismatch: bool = False, max_batches: int | None = None):
-    from ur4rec.training.trainer import JointTrainer
-
-    ws = workspace or build_workspace(cfg)
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    trainer = JointTrainer(ws.model, ws.data, cfg, run_dir, text_fingerprint=ws.text_fingerprint,
-                           progress=progress, on_epoch=on_epoch)
-    return trainer.fit(resume=resume, max_epochs=max_epochs, allow_mismatch=allow_mismatch,
-                       max_batches=max_batches), ws
 
 
 def clean_run(run_dir: str | Path, runs_root: Path) -> list[Path]:

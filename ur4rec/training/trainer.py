@@ -1,7 +1,8 @@
 """``JointTrainer``: staged training of UR4Rec V2 MoE.
 
-Stages (config ``stages``), each with early stopping on validation NDCG@10 (full ranking; the
-per-pair models two-stage, as in evaluation) and the best checkpoint reloaded before the next:
+Stages (config ``stages``), each with early stopping on a validation metric (the ``evaluate``
+callback: ``ur4rec.pipeline`` passes validation NDCG@10, full ranking, the per-pair models
+two-stage as in evaluation) and the best checkpoint reloaded before the next:
 
 - ``pretrain_sasrec``: SASRec alone, next-item loss at every position of every training window.
 - ``pretrain_retriever``: the retriever alone, BCE (or InfoNCE) of each training target against
@@ -10,11 +11,9 @@ per-pair models two-stage, as in evaluation) and the best checkpoint reloaded be
   the branch's loss stops improving by ``adaptive_switch_threshold`` after ``adaptive_min_steps``).
 - ``end_to_end``: everything, fused loss + both branch losses (optionally uncertainty-weighted).
 
-``final.pt`` holds the last stage's best checkpoint, or with ``final_model_selection: validation``
-the (stage checkpoint, fusion weight) pair with the best validation NDCG@10 of the fused model if it
-beats SASRec alone in a paired test over validation users, else SASRec alone
-(``ur4rec.evaluation.ablations.select_final_model``): a joint stage or a text branch that does not
-help on validation is not shipped.
+The per-pair losses (retriever, fused) pass the window, the position of its positive in the user's
+training sequence and ``user_memory_update=True``: the user memory is written in training, only
+from training prefixes.
 
 ``pretrain_sasrec`` steps over ``sasrec_batch_size`` samples (default ``batch_size``) — windows,
 or with ``sasrec_sampling: prefixes`` one sample per target as RecBole trains; the other stages
@@ -24,33 +23,59 @@ Two AdamW optimizers (``sasrec_lr`` for SASRec; ``retriever_lr`` for the retriev
 loss weights), linear warmup then cosine decay per stage, gradient clipping. A non-finite loss or
 gradient stops training with an error naming stage, epoch, step, the batch's users and the first
 module that produced it; ``on_nonfinite: skip`` instead skips the step, counted and reported.
+
+Exact resume. Every epoch ends by appending its line to ``history.jsonl`` and then writing
+``last.pt``: model, optimizers, RNG and the ``Position`` (stage, next epoch, whether the stage is
+done, its early-stopping state, step) with the finished stages' results, the skipped steps and the
+history so far. Sampling is seeded per (stage, epoch), so ``fit(resume=True)`` continues from
+``last.pt`` exactly as the uninterrupted run would have: a partly run epoch is run again, a
+finished stage gets its best checkpoint reloaded, and ``history.jsonl`` is rewritten from
+``last.pt`` (a line written after it is dropped). Final-model selection and ``final.pt`` are the
+pipeline's (``ur4rec.pipeline.train``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from ur4rec.config import Config
-from ur4rec.data.batching import training_prefixes, training_windows
+from ur4rec.data.batching import (
+    prefix_target_positions,
+    training_prefixes,
+    training_windows,
+    window_target_positions,
+)
 from ur4rec.data.dataset import PreparedData
-from ur4rec.diagnostics.hooks import find_first_nonfinite
 from ur4rec.errors import UR4RecError
-from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
+from ur4rec.io import atomic_write_text
+from ur4rec.training.checkpoint import (
+    CheckpointError,
+    kill_point,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
+from ur4rec.training.nonfinite import find_first_nonfinite
 from ur4rec.training.sampling import known_matrix, sample_negatives, sample_topr_negatives
 from ur4rec.training.seeding import generator, seed_everything
 
 VALID_METRIC = "ndcg@10"
+
+#: ``evaluate(model, stage) -> validation metric`` (higher is better), called after every epoch.
+Evaluate = Callable[[nn.Module, str], float]
 
 
 class NonFiniteTrainingError(UR4RecError):
@@ -78,11 +103,57 @@ class TrainResult:
     #: torch's float sums depend on the thread count: same seed, same threads -> same numbers
     environment: dict[str, Any] = field(default_factory=lambda: {"torch": torch.__version__,
                                                                  "torch_threads": torch.get_num_threads()})
+    #: every stage ran to its end (False after ``max_epochs`` / ``max_batches``: resumable)
+    complete: bool = False
+    #: the run had already finished (``final.pt``); this is its saved result, nothing was trained
+    already_finished: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "skipped_steps": self.skipped_steps, "seconds": round(self.seconds, 2),
                 "stages": [vars(s) for s in self.stages], "final_selection": self.final_selection,
-                "environment": self.environment}
+                "environment": self.environment, "complete": self.complete,
+                "already_finished": self.already_finished}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
+        """The inverse of ``to_dict`` (``final.pt``'s ``result``)."""
+        return cls(run_dir=d["run_dir"], stages=[StageResult(**s) for s in d["stages"]],
+                   skipped_steps=d["skipped_steps"], seconds=d["seconds"], final_selection=d["final_selection"],
+                   environment=d["environment"], complete=d.get("complete", True),
+                   already_finished=d.get("already_finished", False))
+
+
+@dataclass
+class Position:
+    """Where training stands, saved in ``last.pt``: stage ``stage_idx`` continues at ``next_epoch``,
+    or, when ``stage_done``, only its best checkpoint is still to be reloaded."""
+
+    stage_idx: int = 0
+    next_epoch: int = 0
+    stage_done: bool = False
+    stopped_early: bool = False
+    best: float = -1.0  # early stopping: best validation metric so far, its epoch, epochs since
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    step: int = 0  # optimizer steps of this stage (the learning-rate schedule's position)
+    seconds: float = 0.0  # the stage's epochs so far
+
+
+@dataclass
+class _Budget:
+    """``fit``'s deliberate early stop (tests, diagnostics): epochs / optimizer steps in this call."""
+
+    epochs: int | None = None
+    batches: int | None = None
+    epochs_done: int = 0
+    batches_done: int = 0
+
+    def batches_left(self) -> int | None:
+        return None if self.batches is None else self.batches - self.batches_done
+
+    def spent(self) -> bool:
+        return ((self.epochs is not None and self.epochs_done >= self.epochs)
+                or (self.batches is not None and self.batches_done >= self.batches))
 
 
 def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -97,6 +168,16 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
     return factor
 
 
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
 class JointTrainer:
     """Trains a ``UR4RecV2MoE`` through the configured stages; see the module docstring."""
 
@@ -106,23 +187,26 @@ class JointTrainer:
         data: PreparedData,
         cfg: Config,
         run_dir: str | Path,
+        *,
+        evaluate: Evaluate,
         text_fingerprint: str | None = None,
-        evaluate: Callable[[nn.Module, str], float] | None = None,
         progress: bool = True,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
         self.run_dir = Path(run_dir)
         self.fingerprint = run_fingerprint(cfg, data.fingerprint, text_fingerprint)
-        self.evaluate = evaluate or self._default_evaluate
+        self.evaluate = evaluate
         self.progress = progress
         self.on_epoch = on_epoch
         train = data.train_sequences()
         self.known = known_matrix(train, data.num_items)
         self.inputs, self.targets, self.window_users = training_windows(train, cfg.max_seq_len,
                                                                         cfg.train_window_stride)
-        self.prefixes = (training_prefixes(train, cfg.max_seq_len) if cfg.sasrec_sampling == "prefixes"
-                         and "pretrain_sasrec" in cfg.stages else None)
+        self.positions = window_target_positions(train, cfg.max_seq_len, cfg.train_window_stride)
+        self.prefixes = None
+        if cfg.sasrec_sampling == "prefixes" and "pretrain_sasrec" in cfg.stages:
+            self.prefixes = (*training_prefixes(train, cfg.max_seq_len), prefix_target_positions(train))
         self.log_vars = nn.Parameter(torch.zeros(3))  # uncertainty weighting (Kendall et al.)
         self.sasrec_opt = torch.optim.AdamW(list(model.sasrec_parameters()), lr=cfg.sasrec_lr,
                                             weight_decay=cfg.weight_decay)
@@ -130,6 +214,10 @@ class JointTrainer:
             [*model.retriever_parameters(), *model.fusion_parameters(), self.log_vars],
             lr=cfg.retriever_lr, weight_decay=cfg.weight_decay)
         self.skipped_steps = 0
+        self.finished: list[StageResult] = []  # results of the stages done
+        self.history: list[dict[str, Any]] = []  # history.jsonl's records
+        self.elapsed = 0.0  # training seconds of earlier (interrupted) calls
+        self._allow_mismatch = False
 
     # ------------------------------------------------------------------ losses
     def sasrec_loss(self, seq: torch.Tensor, tgt: torch.Tensor, users: torch.Tensor,
@@ -163,13 +251,18 @@ class JointTrainer:
                                                self.cfg.rerank_top_r, g))
         return torch.cat(parts, dim=1)
 
-    def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor,
+    def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, pos: torch.Tensor,
                        g: torch.Generator) -> torch.Tensor:
-        scores = self.model.retriever(users, self.candidates(users, seq, tgt, g))["scores"]
+        """``pos``: index of each window's positive in its user's training sequence (memory writes)."""
+        cands = self.candidates(users, seq, tgt, g)
+        scores = self.model.retriever(users, cands, input_seq=seq, target_positions=pos,
+                                      user_memory_update=True)["scores"]
         return self._candidate_loss(scores)
 
-    def fused_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        scores = self.model(users, seq, self.candidates(users, seq, tgt, g))["scores"]
+    def fused_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, pos: torch.Tensor,
+                   g: torch.Generator) -> torch.Tensor:
+        cands = self.candidates(users, seq, tgt, g)
+        scores = self.model(users, seq, cands, target_positions=pos, user_memory_update=True)["scores"]
         return self._candidate_loss(scores)
 
     def _candidate_loss(self, scores: torch.Tensor) -> torch.Tensor:
@@ -191,26 +284,22 @@ class JointTrainer:
                 p.requires_grad_(name in on)
         self.log_vars.requires_grad_(stage == "end_to_end" and self.cfg.use_uncertainty_weighting)
 
-    def _default_evaluate(self, model: nn.Module, stage: str) -> float:
-        from ur4rec.evaluation.scoring import validation_metric
-
-        return validation_metric(model, self.data, self.cfg, stage)
-
-    def _step_losses(self, stage: str, step: int, users, seq, tgt, g,
+    def _step_losses(self, stage: str, step: int, users, seq, tgt, pos, g,
                      alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
         if stage == "pretrain_sasrec":
             last_only = self.prefixes is not None  # prefix samples: the target is in the last column only
             return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_only=last_only)}, [self.sasrec_opt]
         if stage == "pretrain_retriever":
-            return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
+            return {"retriever": self.retriever_loss(users, seq, tgt, pos, g)}, [self.retriever_opt]
         if stage == "joint_finetune":
             branch = alt_state["branch"]
             if branch == "sasrec":
                 return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
-            return {"retriever": self.retriever_loss(users, seq, tgt, g)}, [self.retriever_opt]
-        losses = {"sasrec": self.sasrec_loss(seq, tgt, users, g), "retriever": self.retriever_loss(users, seq, tgt, g),
-                  "fused": self.fused_loss(users, seq, tgt, g)}
+            return {"retriever": self.retriever_loss(users, seq, tgt, pos, g)}, [self.retriever_opt]
+        losses = {"sasrec": self.sasrec_loss(seq, tgt, users, g),
+                  "retriever": self.retriever_loss(users, seq, tgt, pos, g),
+                  "fused": self.fused_loss(users, seq, tgt, pos, g)}
         return losses, [self.sasrec_opt, self.retriever_opt]
 
     def _total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -235,7 +324,13 @@ class JointTrainer:
                              steps=0, best=None, stale=0)
 
     def _nonfinite(self, what: str, stage: str, epoch: int, step: int, users: torch.Tensor, rerun: Callable) -> None:
+        # the rerun that locates the module runs in training mode: keep its memory writes and
+        # score-spread updates out of the model
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
         report = find_first_nonfinite(self.model, rerun)
+        with torch.no_grad():
+            for name, b in self.model.named_buffers():
+                b.copy_(buffers[name])
         msg = (f"Non-finite {what} in stage {stage}, epoch {epoch}, step {step}; batch users "
                f"{users[:12].tolist()}{' ...' if len(users) > 12 else ''}; {report.describe()}.")
         if self.cfg.on_nonfinite == "skip":
@@ -265,12 +360,13 @@ class JointTrainer:
             return self.cfg.sasrec_epochs
         return self.cfg.epochs_per_stage
 
-    def samples(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs, targets, sequence index) that ``stage`` steps over: the windows, or in
-        ``pretrain_sasrec`` with ``sasrec_sampling: prefixes`` one sample per target."""
+    def samples(self, stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, targets, sequence index, position of the last target in its sequence) that
+        ``stage`` steps over: the windows, or in ``pretrain_sasrec`` with ``sasrec_sampling:
+        prefixes`` one sample per target."""
         if stage == "pretrain_sasrec" and self.prefixes is not None:
             return self.prefixes
-        return self.inputs, self.targets, self.window_users
+        return self.inputs, self.targets, self.window_users, self.positions
 
     def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int,
                max_batches: int | None = None) -> tuple[dict, int]:
@@ -278,7 +374,7 @@ class JointTrainer:
         batch_size = self.batch_size(stage)
         seed_everything(cfg.seed, "epoch", stage_idx, epoch)
         g = generator(cfg.seed, "sampler", stage_idx, epoch)
-        inputs, targets, owners = self.samples(stage)
+        inputs, targets, owners, positions = self.samples(stage)
         order = torch.randperm(len(inputs), generator=g)
         self.model.train()
         sums: dict[str, float] = {}
@@ -291,15 +387,17 @@ class JointTrainer:
         for start in bar:
             if max_batches is not None and n_batches >= max_batches:
                 break  # fit(max_batches=...): a diagnostic's deliberately short run, not a skipped batch
+            kill_point(f"mid_epoch:{stage}:{epoch}:{n_batches}")
             self._set_lr(global_step, total_steps)
             idx = order[start:start + batch_size]
-            seq, tgt, users = inputs[idx], targets[idx], owners[idx]
-            losses, opts = self._step_losses(stage, global_step, users, seq, tgt, g, alt_state)
+            seq, tgt, users, pos = inputs[idx], targets[idx], owners[idx], positions[idx]
+            losses, opts = self._step_losses(stage, global_step, users, seq, tgt, pos, g, alt_state)
             total = self._total(losses)
             step_ok = True
             if not torch.isfinite(total):
                 self._nonfinite("loss", stage, epoch, global_step, users,
-                                lambda: self._step_losses(stage, global_step, users, seq, tgt, g, dict(alt_state)))
+                                lambda: self._step_losses(stage, global_step, users, seq, tgt, pos, g,
+                                                          dict(alt_state)))
                 step_ok = False
             if step_ok:
                 for o in opts:
@@ -311,7 +409,8 @@ class JointTrainer:
                     bad = next(n for n, p in self.model.named_parameters()
                                if p.grad is not None and not torch.isfinite(p.grad).all())
                     self._nonfinite(f"gradient (first in parameter '{bad}')", stage, epoch, global_step, users,
-                                    lambda: self._step_losses(stage, global_step, users, seq, tgt, g, dict(alt_state)))
+                                    lambda: self._step_losses(stage, global_step, users, seq, tgt, pos, g,
+                                                              dict(alt_state)))
                     step_ok = False
                 else:
                     grad_norms.append(float(norm))
@@ -332,118 +431,124 @@ class JointTrainer:
         return record, global_step
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, **state: Any) -> dict[str, Any]:
+    def checkpoint_payload(self, **state: Any) -> dict[str, Any]:
+        """What every checkpoint holds (model, optimizers, fingerprint, config, RNG) plus ``state``."""
         return {"model": self.model.state_dict(), "sasrec_opt": self.sasrec_opt.state_dict(),
                 "retriever_opt": self.retriever_opt.state_dict(), "log_vars": self.log_vars.detach().clone(),
-                "fingerprint": self.fingerprint, "config": self.cfg.to_dict(), "rng": torch.get_rng_state(),
-                **state}
+                "fingerprint": self.fingerprint, "config": self.cfg.to_dict(), "rng": rng_state(), **state}
+
+    def _save_last(self, pos: Position, elapsed: float) -> None:
+        save_checkpoint(self.run_dir / "last.pt", self.checkpoint_payload(
+            position=asdict(pos), finished=[asdict(s) for s in self.finished], skipped_steps=self.skipped_steps,
+            history=self.history, history_lines=len(self.history), elapsed=elapsed))
 
     def _append_history(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
         with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
             fh.flush()
 
-    # ------------------------------------------------------------------ main loop
-    def fit(self, resume: bool = False, max_epochs: int | None = None, allow_mismatch: bool = False,
-            max_batches: int | None = None) -> TrainResult:
-        """Run every stage. ``resume`` continues from ``last.pt``. Stopping early (tests, diagnostics):
-        ``max_epochs`` after that many epochs in all (a resumable state, as if killed); ``max_batches``
-        after that many optimizer steps, inside the first epoch if it has more."""
-        cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(self.run_dir)
-        t0 = time.perf_counter()
-        result = TrainResult(str(self.run_dir))
-        start_stage, start_epoch, state = 0, 0, {}
-        if resume and (self.run_dir / "last.pt").is_file():
-            ck = load_checkpoint(self.run_dir / "last.pt", self.fingerprint, allow_mismatch=allow_mismatch)
-            self._restore(ck)
-            start_stage, start_epoch, state = ck["stage_idx"], ck["epoch"] + 1, ck["stage_state"]
-            result.stages = [StageResult(**s) for s in ck["finished"]]
-            self.skipped_steps = ck.get("skipped_steps", 0)
-            self._truncate_history(ck["history_lines"])
-        elif not resume and (self.run_dir / "history.jsonl").exists():
-            (self.run_dir / "history.jsonl").unlink()
-        epochs_done = batches_done = 0
-        for stage_idx in range(start_stage, len(cfg.stages)):
-            stage = cfg.stages[stage_idx]
-            self._set_trainable(stage)
-            n_batches = math.ceil(len(self.samples(stage)[0]) / self.batch_size(stage))
-            n_epochs = self.epochs(stage)
-            total = n_batches * n_epochs
-            if stage_idx == start_stage and state:
-                best, best_epoch, bad_epochs, stage_t = state["best"], state["best_epoch"], state["bad"], state["t"]
-                epoch0 = start_epoch
-            else:
-                best, best_epoch, bad_epochs, stage_t, epoch0 = -1.0, -1, 0, 0.0, 0
-            step = epoch0 * n_batches
-            stopped = False
-            for epoch in range(epoch0, n_epochs):
-                te = time.perf_counter()
-                left = None if max_batches is None else max_batches - batches_done
-                step_before = step
-                record, step = self._epoch(stage, stage_idx, epoch, total, step, max_batches=left)
-                batches_done += step - step_before
-                metric = self.evaluate(self.model, stage)
-                seconds = time.perf_counter() - te
-                stage_t += seconds
-                record = {"stage": stage, "epoch": epoch, "step": step, f"valid_{VALID_METRIC}": metric,
-                          "lr_sasrec": self.sasrec_opt.param_groups[0]["lr"],
-                          "lr_retriever": self.retriever_opt.param_groups[0]["lr"], **record,
-                          "skipped_steps": self.skipped_steps, "seconds": round(seconds, 3)}
-                self._append_history(record)
-                if self.on_epoch:
-                    self.on_epoch(record)
-                if metric > best:
-                    best, best_epoch, bad_epochs = metric, epoch, 0
-                    save_checkpoint(self.run_dir / f"best-{stage}.pt", self._payload(stage=stage, epoch=epoch,
-                                                                                       metric=metric))
-                else:
-                    bad_epochs += 1
-                stopped = bad_epochs >= cfg.patience
-                last_epoch = n_epochs - 1 if stopped else epoch
-                stage_state = {"best": best, "best_epoch": best_epoch,
-                               "bad": bad_epochs, "t": stage_t}
-                save_checkpoint(self.run_dir / "last.pt", self._payload(
-                    stage_idx=stage_idx, epoch=last_epoch, stage_state=stage_state,
-                    finished=[vars(s) for s in result.stages], skipped_steps=self.skipped_steps,
-                    history_lines=self._history_lines()))
-                epochs_done += 1
-                if stopped:
-                    break
-                if max_epochs is not None and epochs_done >= max_epochs:
-                    return result
-                if max_batches is not None and batches_done >= max_batches:
-                    return result
-            # the best epoch of this stage is what the next stage builds on
-            ck = load_checkpoint(self.run_dir / f"best-{stage}.pt", self.fingerprint)
-            self.model.load_state_dict(ck["model"])
-            result.stages.append(StageResult(stage, epoch + 1, best_epoch, best, stopped, round(stage_t, 2)))
-            state = {}
-        if cfg.final_model_selection == "validation":
-            from ur4rec.evaluation.ablations import select_final_model
-
-            states = {s: load_checkpoint(self.run_dir / f"best-{s}.pt", self.fingerprint)["model"] for s in cfg.stages}
-            result.final_selection = select_final_model(self.model, self.data, cfg, states)
-        result.skipped_steps = self.skipped_steps
-        result.seconds = time.perf_counter() - t0
-        save_checkpoint(self.run_dir / "final.pt", self._payload(stage="final", result=result.to_dict()))
-        return result
-
-    def _restore(self, ck: dict[str, Any]) -> None:
+    def _restore(self, ck: dict[str, Any]) -> Position:
+        """Continue from ``last.pt``'s payload: weights, optimizers, RNG, results, history."""
+        if "position" not in ck:
+            raise CheckpointError("last.pt has no resume position: it was written by an older trainer.",
+                                  where=str(self.run_dir / "last.pt"),
+                                  fix="train this run afresh (without --resume)")
         self.model.load_state_dict(ck["model"])
         self.sasrec_opt.load_state_dict(ck["sasrec_opt"])
         self.retriever_opt.load_state_dict(ck["retriever_opt"])
         with torch.no_grad():
             self.log_vars.copy_(ck["log_vars"])
+        set_rng_state(ck["rng"])
+        self.finished = [StageResult(**s) for s in ck["finished"]]
+        self.skipped_steps = ck["skipped_steps"]
+        self.history = list(ck["history"])
+        self.elapsed = ck["elapsed"]
+        # history.jsonl is rewritten from the checkpoint: a line appended after it is dropped
+        atomic_write_text(self.run_dir / "history.jsonl",
+                          "".join(json.dumps(r, default=float) + "\n" for r in self.history))
+        return Position(**ck["position"])
 
-    def _history_lines(self) -> int:
-        path = self.run_dir / "history.jsonl"
-        return sum(1 for _ in open(path, encoding="utf-8")) if path.exists() else 0
+    def _start_fresh(self) -> Position:
+        """A new run in this folder: remove what an earlier run left there (it would be taken for
+        this run's: a stale best checkpoint, history line or final model)."""
+        stale = [self.run_dir / n for n in ("last.pt", "final.pt", "history.jsonl", "eval.json", "eval.md")]
+        for path in [*stale, *self.run_dir.glob("best-*.pt")]:
+            path.unlink(missing_ok=True)
+        return Position()
 
-    def _truncate_history(self, lines: int) -> None:
-        """Drop history lines written after the checkpoint we resume from (an interrupted epoch)."""
-        path = self.run_dir / "history.jsonl"
-        if path.exists():
-            kept = path.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
-            path.write_text("".join(kept), encoding="utf-8")
+    # ------------------------------------------------------------------ main loop
+    def fit(self, resume: bool = False, max_epochs: int | None = None, allow_mismatch: bool = False,
+            max_batches: int | None = None) -> TrainResult:
+        """Run every stage, each ending with its best checkpoint loaded. ``resume`` continues from
+        ``last.pt`` (none: starts afresh). Stopping early (tests, diagnostics): ``max_epochs`` after
+        that many epochs in all (a resumable state, as if killed); ``max_batches`` after that many
+        optimizer steps, inside the first epoch if it has more. The result's ``complete`` says
+        whether every stage finished."""
+        t0 = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._allow_mismatch = allow_mismatch
+        fresh = not (resume and (self.run_dir / "last.pt").is_file())
+        if fresh:
+            pos = self._start_fresh()
+        else:
+            pos = self._restore(load_checkpoint(self.run_dir / "last.pt", self.fingerprint,
+                                                allow_mismatch=allow_mismatch))
+        self.cfg.save(self.run_dir)
+        if fresh:
+            kill_point("before_first_last")
+        budget, complete = _Budget(max_epochs, max_batches), True
+        while pos.stage_idx < len(self.cfg.stages):
+            stage_result = self._run_stage(pos, budget, t0)
+            if stage_result is None:  # the budget ran out: resumable from last.pt
+                complete = False
+                break
+            self.finished.append(stage_result)
+            pos = Position(stage_idx=pos.stage_idx + 1)
+        return TrainResult(str(self.run_dir), stages=list(self.finished), skipped_steps=self.skipped_steps,
+                           seconds=self.elapsed + time.perf_counter() - t0, complete=complete)
+
+    def _run_stage(self, pos: Position, budget: _Budget, t0: float) -> StageResult | None:
+        """Run stage ``pos.stage_idx`` from ``pos`` (updated in place) to its end and reload its
+        best checkpoint; None if the budget runs out first."""
+        cfg = self.cfg
+        stage_idx = pos.stage_idx
+        stage = cfg.stages[stage_idx]
+        self._set_trainable(stage)
+        n_batches = math.ceil(len(self.samples(stage)[0]) / self.batch_size(stage))
+        n_epochs = self.epochs(stage)
+        while not pos.stage_done and pos.next_epoch < n_epochs:
+            epoch, te, step_before = pos.next_epoch, time.perf_counter(), pos.step
+            record, pos.step = self._epoch(stage, stage_idx, epoch, n_batches * n_epochs, pos.step,
+                                           max_batches=budget.batches_left())
+            metric = self.evaluate(self.model, stage)
+            seconds = time.perf_counter() - te
+            improved = metric > pos.best
+            if improved:
+                pos.best, pos.best_epoch, pos.bad_epochs = metric, epoch, 0
+            else:
+                pos.bad_epochs += 1
+            pos.next_epoch, pos.seconds = epoch + 1, pos.seconds + seconds
+            pos.stopped_early = pos.bad_epochs >= cfg.patience
+            pos.stage_done = pos.stopped_early or pos.next_epoch >= n_epochs
+            record = {"stage": stage, "epoch": epoch, "step": pos.step, f"valid_{VALID_METRIC}": metric,
+                      "lr_sasrec": self.sasrec_opt.param_groups[0]["lr"],
+                      "lr_retriever": self.retriever_opt.param_groups[0]["lr"], **record,
+                      "skipped_steps": self.skipped_steps, "seconds": round(seconds, 3)}
+            if improved:
+                save_checkpoint(self.run_dir / f"best-{stage}.pt",
+                                self.checkpoint_payload(stage=stage, epoch=epoch, metric=metric))
+            self._append_history(record)
+            kill_point(f"epoch_end:{stage}:{epoch}:before_last")
+            self._save_last(pos, self.elapsed + time.perf_counter() - t0)
+            kill_point(f"epoch_end:{stage}:{epoch}:after_last")
+            if self.on_epoch:
+                self.on_epoch(record)
+            budget.epochs_done += 1
+            budget.batches_done += pos.step - step_before
+            if budget.spent():
+                return None
+        # the best epoch of this stage is what the next stage builds on
+        best = load_checkpoint(self.run_dir / f"best-{stage}.pt", self.fingerprint, self._allow_mismatch)
+        self.model.load_state_dict(best["model"])
+        return StageResult(stage, pos.next_epoch, pos.best_epoch, pos.best, pos.stopped_early, round(pos.seconds, 2))

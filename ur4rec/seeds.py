@@ -17,9 +17,10 @@ from typing import Any
 
 from ur4rec.config import Config, config_from_dict, read_yaml
 from ur4rec.errors import ConfigError
+from ur4rec.evaluation.evaluate import evaluate_run
+from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
-
-SUMMARY_METRICS = ["hit@10", "ndcg@10", "mrr@10", "ndcg@20"]
+from ur4rec.pipeline import train
 
 
 def seed_runs(cfg: Config, k: int) -> list[Config]:
@@ -43,9 +44,6 @@ def run_seeds(cfg: Config, k: int, root: str | Path, progress: bool = False,
     """Train + evaluate every seed (reusing finished ones), aggregate, write seeds.json/md.
 
     ``workspace_factory(cfg)`` builds the data/texts/model for one seed (default: from the config)."""
-    from ur4rec.evaluation.evaluate import evaluate_run
-    from ur4rec.training.run import train
-
     root = Path(root)
     per_seed: dict[int, dict[str, Any]] = {}
     for c in seed_runs(cfg, k):
@@ -56,10 +54,9 @@ def run_seeds(cfg: Config, k: int, root: str | Path, progress: bool = False,
             continue
         log(f"seed {c.seed}: training into {run_dir}")
         workspace = workspace_factory(c) if workspace_factory else None
-        _, ws = train(c, run_dir=run_dir, resume=(run_dir / "last.pt").is_file(), progress=progress,
-                      workspace=workspace)
-        results = evaluate_run(run_dir, workspace=ws)
-        per_seed[c.seed] = {k: v for k, v in results.items() if not k.startswith("_")}
+        # resume: an interrupted seed continues (a finished one without eval.json is not retrained)
+        _, ws = train(c, run_dir=run_dir, resume=True, progress=progress, workspace=workspace)
+        per_seed[c.seed] = evaluate_run(run_dir, workspace=ws).to_dict()
     summary = aggregate(per_seed)
     summary["config_hashes"] = {s: c.hash() for s, c in zip(per_seed, seed_runs(cfg, k))}
     atomic_write_json(root / "seeds.json", summary)
@@ -127,11 +124,11 @@ def to_markdown(summary: dict[str, Any]) -> str:
              "Mean ± sample std over seeds; per-seed values in seeds.json.", ""]
     lines += _selection_sentence(summary)
     for split, models in summary["full"].items():
-        lines += [f"## {split}", "", "| model | " + " | ".join(SUMMARY_METRICS) + " |",
-                  "|---" * (len(SUMMARY_METRICS) + 1) + "|"]
+        lines += [f"## {split}", "", "| model | " + " | ".join(HEADLINE) + " |",
+                  "|---" * (len(HEADLINE) + 1) + "|"]
         order = sorted(models, key=lambda n: -models[n]["ndcg@10"]["mean"])
         for name in order:
-            cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in SUMMARY_METRICS
+            cells = [f"{models[name][m]['mean']:.4f} ± {models[name][m]['std']:.4f}" for m in HEADLINE
                      if m in models[name]]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         cis = summary["ci95"].get(split, {})
