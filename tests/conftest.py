@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from ur4rec.config import load_config
 from ur4rec.data.readers import GENRES
@@ -80,3 +81,13 @@ def tmp_cfg(tmp_path: Path):
         return load_config(None, {**base, **overrides})
 
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny ops: one intra-op thread avoids OpenMP thrashing on a busy machine, and makes float
+    sums (and so bitwise comparisons) independent of how many cores the machine has."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -25,13 +25,7 @@ FUSIONS = ("weighted", "learned", "adaptive")
 CONTEXTS = (torch.enable_grad, torch.no_grad, torch.inference_mode)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread avoids OpenMP thrashing on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**over) -> SimpleNamespace:
