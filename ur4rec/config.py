@@ -91,6 +91,11 @@ class Config(BaseModel):
     #: JSON files mapping raw dataset id -> text, for text_source: files.
     user_text_file: str | None = None
     item_text_file: str | None = None
+    #: What a failed leakage audit of the user texts does (ur4rec.texts.leakage: a text names its
+    #: user's held-out validation/test title significantly more often than other users' texts name
+    #: it): "error" stops, "warn" proceeds with a warning and the audit recorded as failed,
+    #: "ignore" only records it.
+    text_leakage: Literal["error", "warn", "ignore"] = "error"
 
     # ---- SASRec (original keys) ----------------------------------------------------------------
     #: Catalogue size. Derived from the prepared data; if set it must match.

@@ -24,12 +24,14 @@ from typing import Any
 import torch
 import yaml
 
+from ur4rec.data.dataset import PreparedData
 from ur4rec.data.prepare import prepare
-from ur4rec.errors import ConfigError
+from ur4rec.errors import ConfigError, UR4RecError
 from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
 from ur4rec.profiles import profile_config
 from ur4rec.reports.offline_html import export_html
+from ur4rec.texts.pipeline import audit_path, make_source, source_folder, texts_root
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -91,10 +93,18 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     cfg = profile_config(profile, parameters.get("config_path"), parameters.get("overrides"))
+    audit_file = None
     try:
-        dataset_fp = prepare(cfg).fingerprint[:12]
+        prepared = prepare(cfg)
+        dataset_fp = prepared.fingerprint[:12]
     except Exception as exc:  # the data notebook will show the real error
-        dataset_fp = f"unavailable ({type(exc).__name__})"
+        prepared, dataset_fp = None, f"unavailable ({type(exc).__name__})"
+    if prepared is not None:
+        try:  # where `ur4rec texts` (and notebook 01b) record the leakage audit of this run's user texts
+            folder = source_folder(texts_root(cfg, PreparedData.load(prepared.path)), make_source(cfg))
+            audit_file = str(audit_path(folder))
+        except (UR4RecError, OSError):  # no texts folder yet: the texts notebook shows the real error
+            audit_file = None
     versions = {}
     for pkg in PACKAGES:
         try:
@@ -112,6 +122,7 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
         "dataset_fingerprint": dataset_fp,
         "run_dir": str(run_dir) if run_dir else None,
         "text_source": cfg.text_source,
+        "text_audit_file": audit_file,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
@@ -235,6 +246,7 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
             f"<tr><td>{link}</td><td style='color:{_STATUS_COLOUR.get(r.status, '#000')}'><b>{r.status}</b></td>"
             f"<td>{r.seconds:.1f} s</td><td>{html.escape(r.error or '')}</td></tr>"
         )
+    leakage = _text_leakage(meta.get("text_audit_file"))
     leaderboard = _leaderboard_html(Path(meta["run_dir"]) / "eval.json") if meta.get("run_dir") else ""
     git = meta["git"]
     facts = [
@@ -246,6 +258,7 @@ def write_index(out_dir: Path, results: list[NotebookResult], meta: dict[str, An
         ("dataset fingerprint", meta["dataset_fingerprint"]),
         ("run directory", meta["run_dir"]),
         ("text source", meta["text_source"]),
+        ("text leakage audit", _leakage_line(leakage)),
         ("python / platform", f"{meta['python']} / {meta['platform']}"),
         ("CPU / device", f"{meta['cpu']} ({meta['cpu_count']} cores, torch {meta.get('torch_threads')} threads) / "
                          f"{meta['device']}"),
@@ -270,8 +283,30 @@ pre{{background:#f6f8fa;padding:1em;overflow:auto;max-height:30em}}</style></hea
 <h3>Resolved config</h3><pre>{html.escape(yaml.safe_dump(meta['config'], sort_keys=False))}</pre>
 </body></html>
 """
-    atomic_write_json(out_dir / "index.json", {"results": [asdict(r) for r in results], "meta": meta})
+    atomic_write_json(out_dir / "index.json", {"results": [asdict(r) for r in results], "meta": meta,
+                                                "text_leakage": leakage})
     return atomic_write_text(out_dir / "index.html", page)
+
+
+def _text_leakage(path: str | None) -> dict[str, Any] | None:
+    """Verdict and rates of the user-text leakage audit (ur4rec.texts.leakage), if the texts were built."""
+    if not path or not Path(path).is_file():
+        return None
+    audit = json.loads(Path(path).read_text())
+    return {"verdict": audit["verdict"], "action": audit.get("action"), "users": audit["users"],
+            "held_out": {k: {"rate": v["held_out"]["rate"], "cross_user": v["cross_user"], "p_value": v["p_value"]}
+                         for k, v in sorted(audit["splits"].items(), key=lambda kv: kv[0] != "valid")},
+            "random_unseen": audit["random_unseen"]["rate"], "train": audit["train"]["rate"]}
+
+
+def _leakage_line(leak: dict[str, Any] | None) -> str:
+    if leak is None:
+        return "not available (texts not built yet)"
+    rates = "; ".join(f"{k} {100 * v['rate']:.2f}% vs cross-user {100 * v['cross_user']:.2f}% (p={v['p_value']:.2g})"
+                      for k, v in leak["held_out"].items())
+    label = "" if leak["verdict"] == "pass" else f" (text_leakage: {leak['action']})"
+    return (f"{leak['verdict'].upper()}{label}: held-out titles named {rates}; random unseen "
+            f"{100 * leak['random_unseen']:.3f}%, training {100 * leak['train']:.2f}% ({leak['users']} users)")
 
 
 def _leaderboard_html(eval_json: Path) -> str:

@@ -26,6 +26,13 @@ def cmd_texts(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     if "tokens" in payload["stats"]:
         tok = payload["stats"]["tokens"]
         lines.append(f"Tokens: {tok['prompt']} prompt + {tok['completion']} completion = {tok['total']}.")
+    leak = payload.get("leakage")
+    if leak is not None:
+        rates = "; ".join(f"{k} {100 * v['held_out']['rate']:.2f}% vs cross-user {100 * v['cross_user']:.2f}% "
+                          f"(p={v['p_value']:.2g})" for k, v in leak["splits"].items())
+        label = "" if leak["verdict"] == "pass" else f" - proceeding because text_leakage is {leak['action']}"
+        lines.append(f"Leakage audit: {leak['verdict'].upper()}{label}. Held-out titles named: {rates}; random "
+                     f"unseen {100 * leak['random_unseen']['rate']:.3f}%, training {100 * leak['train']['rate']:.2f}%.")
     if not payload["complete"]:
         lines.append("Partial build (--limit): assembled embedding matrices are written only for a complete build.")
     lines.append(f"Folder: {payload['paths']['folder']} ({payload['seconds']:.1f} s)")

@@ -29,6 +29,7 @@ from ur4rec.texts.base import KINDS, Kind, PreferenceTextSource
 from ur4rec.texts.cache import EmbeddingCache, TextCache, text_sha
 from ur4rec.texts.encoder import EncoderSpec, load_encoder, resolve_encoder
 from ur4rec.texts.files import FilesSource
+from ur4rec.texts.leakage import LeakageAudit, audit_user_texts, enforce
 from ur4rec.texts.local_llm import TransformersSource
 from ur4rec.texts.openai_source import OpenAISource
 from ur4rec.texts.template import TemplateSource
@@ -236,6 +237,7 @@ class BuildResult:
     new_embeddings: int
     seconds: float
     outputs: dict[str, str] = field(default_factory=dict)
+    leakage: LeakageAudit | None = None
 
     def to_dict(self) -> dict[str, Any]:
         t = self.texts
@@ -247,6 +249,7 @@ class BuildResult:
             "encoder_origin": self.encoder.origin, "new_texts": t.new_texts, "new_embeddings": self.new_embeddings,
             "coverage": t.coverage(), "fallback": t.fallback(), "complete": t.complete, "stats": t.stats,
             "torn_lines_skipped": t.torn_lines, "seconds": round(self.seconds, 3), "paths": t.paths() | self.outputs,
+            "leakage": self.leakage.to_dict() if self.leakage is not None else None,
         }
 
 
@@ -255,6 +258,7 @@ def build_texts(cfg: Config, data: PreparedData, limit: int | None = None, progr
     """Generate (or load) texts and embed them; write the assembled matrices when complete."""
     t0 = time.perf_counter()
     ts = generate_texts(cfg, data, limit=limit, progress=progress, source=source)
+    leakage = audit_texts(cfg, data, ts)
     root = texts_root(cfg, data)
     spec = resolve_encoder(cfg)
     user, n_user, spec = embed(cfg, ts.users, root, spec, progress)
@@ -277,7 +281,26 @@ def build_texts(cfg: Config, data: PreparedData, limit: int | None = None, progr
                                           "dim": int(user.shape[1]), "users": len(ts.users),
                                           "items": len(ts.items) - 1})
         outputs = {"user_embeddings": str(out / "user.npy"), "item_embeddings": str(out / "item.npy")}
-    return BuildResult(ts, user, item, spec, n_user + n_item, time.perf_counter() - t0, outputs)
+    return BuildResult(ts, user, item, spec, n_user + n_item, time.perf_counter() - t0, outputs, leakage)
+
+
+def audit_path(folder: Path) -> Path:
+    """Where :func:`build_texts` records the leakage audit of a source folder's user texts."""
+    return folder / "leakage.json"
+
+
+def audit_texts(cfg: Config, data: PreparedData, ts: TextSet) -> LeakageAudit:
+    """Audit ``ts``'s user texts for held-out titles, record it, and apply ``cfg.text_leakage``.
+
+    Runs before anything is embedded, so leaky texts cost no encoding; the audit is written even when
+    it then raises, so the report shows why.
+    """
+    where = (str(cfg.path("user_text_file")) if ts.source == "files" and cfg.user_text_file
+             else str(ts.folder / "users.jsonl"))
+    audit = audit_user_texts(data, ts.users, where=where)
+    audit.action = cfg.text_leakage
+    atomic_write_json(audit_path(ts.folder), audit.to_dict() | {"source": ts.source, "model": ts.model})
+    return enforce(audit, cfg.text_leakage, ts.source)
 
 
 def load_text_embeddings(cfg: Config, data: PreparedData, progress: bool = True) -> TextEmbeddings:
