@@ -6,7 +6,7 @@
 Protocol. Default config (``configs/ur4rec_moe_100k.yaml``, template texts), seeds 2020–2024. The memory
 lives in the retriever, so SASRec is trained once per seed (pretrain_sasrec alone, memory off:
 ``ROOT/sasrec-<seed>/``) and shared by both rows. Each row then trains pretrain_retriever →
-joint_finetune → end_to_end on top of that SASRec (``max_memory_size`` 0, or the default's with its
+joint_finetune → end_to_end on top of that SASRec (``max_memory_size`` 0, or ``MEMORY_SIZE`` with the default config's
 trigger), selects the final model on validation (``final_model_selection``) and is evaluated with
 ``ur4rec evaluate``'s code: full ranking, known items excluded, the per-pair models two-stage. Test is
 reported, never chosen on. Per (row, seed) the run folder keeps ``eval.json`` and the per-user test
@@ -43,13 +43,15 @@ SEEDS = (2020, 2021, 2022, 2023, 2024)
 RETRIEVER_STAGES = ["pretrain_retriever", "joint_finetune", "end_to_end"]
 MODELS = ("sasrec", "retriever", "ur4rec")
 METRICS = ("ndcg@10", "hit@10", "mrr@10")
+#: slots per user in the "memory on" row (the default config had 4 until this ablation turned memory off)
+MEMORY_SIZE = 4
 
 
 def rows(default: Config) -> dict[str, dict[str, Any]]:
-    """The ablation rows as config overrides: memory off, and the default config's memory."""
-    size = default.max_memory_size or 4
+    """The ablation rows as config overrides: memory off, and on with ``MEMORY_SIZE`` slots and the default
+    config's trigger."""
     return {"memory off": {"max_memory_size": 0},
-            "memory on": {"max_memory_size": size, "update_trigger": default.update_trigger,
+            "memory on": {"max_memory_size": MEMORY_SIZE, "update_trigger": default.update_trigger,
                           "interaction_threshold": default.interaction_threshold}}
 
 

@@ -111,7 +111,9 @@ class Config(BaseModel):
     moe_num_heads: int = Field(4, ge=1)
     moe_dropout: float = Field(0.1, ge=0, lt=1)
     moe_num_proxies: int = Field(4, ge=1)
-    max_memory_size: int = Field(4, ge=0)
+    #: Per-user memory slots (ur4rec.models.user_memory); 0 = none. Off by default: on, it changed no shipped
+    #: model and the retriever alone by +0.0005 test NDCG@10 (p = 0.74) over 5 seeds (bench/memory_ablation.py).
+    max_memory_size: int = Field(0, ge=0)
     update_trigger: Literal["INTERACTION_COUNT", "DRIFT_THRESHOLD", "TIME_BASED", "EXPLICIT"] = (
         "INTERACTION_COUNT"
     )
