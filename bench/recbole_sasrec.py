@@ -1,5 +1,7 @@
 """RecBole 1.2.1 SASRec on ML-100K, timed per epoch. Runs ONLY in the benchmark venv (.bench-venv).
 
+    python bench/recbole_sasrec.py [EPOCHS] [THREADS]
+
 Settings as measured in shared/NOTES.md: all interactions, leave-one-out by time, max length 50,
 hidden 64, inner 256, 2 layers, 2 heads, dropout 0.2/0.2, gelu, CE loss, batch 256, Adam 1e-3,
 full-ranking validation NDCG@10. RecBole's import of sine.py turns autograd anomaly mode on for the
@@ -17,8 +19,8 @@ import importlib.util  # noqa: E402
 
 import torch  # noqa: E402
 
-torch.set_num_threads(2)
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 2
+torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 data_path = str(Path(importlib.util.find_spec("recbole").submodule_search_locations[0]) / "dataset_example")
 from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402

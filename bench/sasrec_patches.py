@@ -54,7 +54,7 @@ def recbole_arch(sasrec: ModuleType | None = None) -> None:
     sasrec = _sasrec_module(sasrec)
     positions_from_start(sasrec)
 
-    def block_forward(self, x, attn_mask, last_only=False):  # every position: last_only is not used
+    def block_forward(self, x, attn_mask, last_k=None):  # every position: last_k is not used
         b, length, h = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -64,15 +64,16 @@ def recbole_arch(sasrec: ModuleType | None = None) -> None:
         linear_in, gelu, _, linear_out = self.ffn  # skip the dropout between them
         return self.ln_ffn(x + self.drop(linear_out(gelu(linear_in(x)))))
 
-    def forward(self, input_seq, last_only=False):
+    def forward(self, input_seq, last_only=False, last_k=None):
+        k = 1 if last_only else last_k
         keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
         x = self.final_ln(self.item_embedding(input_seq) + self.position_embedding(self.position_ids(input_seq)))
         x = self.emb_dropout(x) * keep
         mask = sasrec.attention_mask(input_seq)
         for block in self.blocks:
             x = block(x, mask) * keep
-        # post-LN blocks: every position is computed; last_only only slices (same values, no saving)
-        return (x * keep)[:, -1:] if last_only else x * keep
+        # post-LN blocks: every position is computed; last_k only slices (same values, no saving)
+        return (x * keep)[:, -k:] if k else x * keep
 
     sasrec.SASRecBlock.forward = block_forward
     sasrec.SASRec.forward = forward

@@ -64,7 +64,8 @@ def build() -> tuple[UR4RecV2MoE, torch.Tensor]:
     d = DIMS
     cfg = SimpleNamespace(
         max_seq_len=d["max_seq_len"], sasrec_hidden_dim=d["sasrec_hidden"], sasrec_num_blocks=d["sasrec_blocks"],
-        sasrec_num_heads=d["sasrec_heads"], sasrec_dropout=0.2, text_embedding_dim=d["text_dim"],
+        sasrec_num_heads=d["sasrec_heads"], sasrec_dropout=0.2, sasrec_positions="from_end",
+        text_embedding_dim=d["text_dim"],
         retriever_output_dim=d["output_dim"], moe_num_heads=d["heads"], moe_dropout=0.1,
         moe_num_proxies=d["proxies"], max_memory_size=d["memory"], update_trigger="INTERACTION_COUNT",
         interaction_threshold=10, drift_threshold=0.3, decay_factor=0.95, fusion_method="weighted",

@@ -1,22 +1,27 @@
 """SASRec training speed: UR4Rec Workbench vs RecBole 1.2.1, same settings, same CPU, one run.
 
-    python bench/training.py [--json] [--epochs N] [--prefix-epochs N] [--recbole-epochs N]
+    python bench/training.py [--threads 2 1] [--recbole-epochs 1] [--config YAML] [--json]
 
 Both sides: ML-100K, all interactions, leave-one-out by time, hidden 64, 2 layers, 2 heads, max
-length 50, CE loss, Adam(W) 1e-3, 2 threads, full-ranking validation NDCG@10. A RecBole batch is 256
-prefixes with one target each. The workbench runs twice: with the default config's sampling, 256
-prefixes per step as RecBole (``sasrec_sampling: prefixes``; its last block computes the last
-position only), and with ``--batch-size`` windows of up to 50 targets each (default 8 windows ≈ 320
-targets), which share one pass among their targets. RecBole
-runs in its own environment (``.bench-venv``, created by ``make bench-env``: it needs numpy<2,
-setuptools<81); the workbench package never imports it.
+length 50, dropout 0.2, CE loss over the catalogue, Adam(W) 1e-3. Three trainers, each at every
+``--threads`` count (1 thread is how parallel seed sweeps run, one per core):
 
-Reported: seconds to pass once over all training targets (one epoch) for each, their ratio, and
-the workbench's wall time to reach RecBole's best validation NDCG@10 — RecBole's best over the
-epochs it ran here, or, when it ran fewer than 12, the 12-epoch best measured on this machine in
-shared/NOTES.md (0.0699, 108 s/epoch), labelled as such. RecBole's validation ranks the user's
-known items too, so for this comparison the workbench's validation is computed the same way
-(``exclude_known=False``); the workbench's own protocol (known items excluded) is reported beside.
+- **workbench default**: the default config's ``pretrain_sasrec``, trained by ``JointTrainer``
+  exactly as ``ur4rec train`` trains it (one prefix sample per target, ``sasrec_batch_size`` per
+  step, warmup + cosine LR, clipping, early stopping on the workbench's validation), all its epochs;
+- **workbench, grouped prefixes** (``sasrec_prefix_group: 4``, 64 per step, ~256 targets), one
+  epoch, for its throughput;
+- **RecBole 1.2.1**: its SASRec with its own sampling (256 prefixes per step), in its own
+  environment (``.bench-venv``, ``make bench-env``), ``--recbole-epochs`` epochs.
+
+Reported: throughput (training targets per second of training) and its ratio to RecBole's; the wall
+time (training + validation) to reach RecBole's best validation NDCG@10 and its ratio to RecBole's.
+RecBole's best is its 12-epoch best measured on this machine (shared/NOTES.md: 0.0699); RecBole's
+time to it = this run's RecBole epoch time (training + validation) x 12. RecBole's validation ranks
+the user's known items too, so each workbench epoch is also validated that way (its time is not
+counted); the workbench's own protocol (known items excluded, which early stopping uses) is reported
+beside. Finally a profile of one default training step: each part timed alone on the step's shapes
+(attention, feed-forward, dropout masks, CE, optimizer, data); "other" is the step minus their sum.
 """
 
 from __future__ import annotations
@@ -27,143 +32,231 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ur4rec.config import load_config  # noqa: E402
-from ur4rec.data import load_prepared  # noqa: E402
-from ur4rec.data.batching import training_prefixes, training_windows  # noqa: E402
+from bench.publish import publish  # noqa: E402
+from ur4rec.config import Config, load_config  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
-from ur4rec.io import atomic_write_json, atomic_write_text  # noqa: E402
-from ur4rec.models.sasrec import SASRec  # noqa: E402
+from ur4rec.evaluation.scoring import validation_metric  # noqa: E402
+from ur4rec.models.dropout import dropout_mask  # noqa: E402
+from ur4rec.models.sasrec import attend, attention_mask  # noqa: E402
+from ur4rec.training.run import build_workspace  # noqa: E402
 from ur4rec.training.seeding import generator, seed_everything  # noqa: E402
+from ur4rec.training.trainer import JointTrainer  # noqa: E402
 
-NOTES_RECBOLE = {"best_valid_ndcg@10": 0.0699, "epochs": 12, "s_per_epoch": 108.0,
+NOTES_RECBOLE = {"best_valid_ndcg@10": 0.0699, "epochs": 12,
                  "source": "shared/NOTES.md (RecBole 1.2.1 SASRec, this machine, 12 epochs)"}
+#: One epoch of the grouped-prefix option for its throughput: one pass per 4 consecutive targets of a
+#: user, 64 passes (~256 targets) per step; it trains worse (README "SASRec speed").
+GROUPED = {"sasrec_sampling": "prefixes", "sasrec_prefix_group": 4, "sasrec_batch_size": 64}
 
 
-def ours(epochs: int, batch_size: int, sampling: str) -> dict:
-    """SASRec alone for ``epochs`` epochs of ``sampling`` ("windows" or "prefixes") samples."""
-    torch.set_num_threads(2)
-    cfg = load_config(overrides={"sasrec_hidden_dim": 64, "sasrec_num_blocks": 2, "sasrec_num_heads": 2,
-                                 "max_seq_len": 50, "batch_size": batch_size, "loss_type": "ce",
-                                 "sasrec_dropout": 0.2})
-    data = load_prepared(cfg)
-    seed_everything(cfg.seed, "bench")
-    model = SASRec(data.num_items, 64, 2, 2, 0.2, 50)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    prefixes = sampling == "prefixes"
-    sample = training_prefixes if prefixes else training_windows
-    inputs, targets, _ = sample(data.train_sequences(), 50)
-    records, wall = [], 0.0
-    for epoch in range(epochs):
+def workbench(cfg: Config, max_epochs: int | None = None) -> dict:
+    """pretrain_sasrec alone, as ``ur4rec train`` runs it, with every epoch's validation on both protocols."""
+    cfg = cfg.model_copy(update={"stages": ["pretrain_sasrec"]})
+    ws = build_workspace(cfg)
+    # per epoch: (NDCG@10 with known items ranked, its seconds, seconds of the trainer's own validation)
+    validations: list[tuple[float, float, float]] = []
+
+    def evaluate(model, stage: str) -> float:
         t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(inputs), generator=generator(cfg.seed, "bench", epoch))
-        for s in range(0, len(order), batch_size):
-            i = order[s:s + batch_size]
-            loss = model.calculate_loss(inputs[i], targets[i], "ce", last_only=prefixes)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        train_s = time.perf_counter() - t0
-        model.eval()
-        res = evaluate_full_ranking(lambda u, seq: model.full_sort_predict(seq), data, "valid", 50, ks=[10],
-                                    exclude_known=False)  # RecBole's protocol, for the comparison
-        wall += time.perf_counter() - t0
-        ours_protocol = evaluate_full_ranking(lambda u, seq: model.full_sort_predict(seq), data, "valid", 50, ks=[10])
-        records.append({"epoch": epoch, "train_s": round(train_s, 2), "valid_ndcg@10": res.summary["ndcg@10"],
-                        "valid_ndcg@10_known_excluded": ours_protocol.summary["ndcg@10"], "wall_s": round(wall, 2)})
+        with torch.no_grad():
+            ndcg = evaluate_full_ranking(lambda u, seq: model.sasrec.full_sort_predict(seq), ws.data, "valid",
+                                         cfg.max_seq_len, ks=[10], exclude_known=False).summary["ndcg@10"]
+        t1 = time.perf_counter()
+        own = validation_metric(model, ws.data, cfg, stage)  # the trainer's own choice, as in `ur4rec train`
+        validations.append((ndcg, t1 - t0, time.perf_counter() - t1))
+        return own
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = JointTrainer(ws.model, ws.data, cfg, run_dir, evaluate=evaluate, progress=False)
+        inputs, targets, _, _ = trainer.samples("pretrain_sasrec")
+        result = trainer.fit(max_epochs=max_epochs)
+    records, wall = [], 0.0
+    for row, (ndcg, extra_s, own_s) in zip(trainer.history, validations):
+        wall += row["seconds"] - extra_s  # training + the trainer's own validation
+        records.append({"epoch": row["epoch"], "wall_s": round(wall, 2), "valid_ndcg@10": ndcg,
+                        "valid_ndcg@10_known_excluded": row["valid_ndcg@10"],
+                        "train_s": round(row["seconds"] - extra_s - own_s, 2), "validation_s": round(own_s, 2)})
         print(json.dumps(records[-1]), file=sys.stderr, flush=True)
-    return {"sampling": sampling, "batch_size": batch_size, "training_samples": len(inputs),
-            "training_targets": int((targets != 0).sum()), "epochs": records}
+    return {"sampling": cfg.sasrec_sampling, "prefix_group": cfg.sasrec_prefix_group,
+            "batch_size": trainer.batch_size("pretrain_sasrec"),
+            "training_samples": len(inputs), "training_targets": int((targets != 0).sum()),
+            # StageResult.seconds less this bench's extra (RecBole-protocol) validation
+            "stage_seconds": records[-1]["wall_s"] if result.complete else None, "epochs": records}
 
 
-def recbole(epochs: int, venv: Path) -> dict:
+def recbole(epochs: int, threads: int, venv: Path) -> dict:
     py = venv / "bin" / "python"
     if not py.exists():
         raise SystemExit(f"{py} missing: run `make bench-env` first (RecBole needs its own environment)")
-    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="")
-    out = subprocess.run([str(py), str(ROOT / "bench" / "recbole_sasrec.py"), str(epochs)], capture_output=True,
-                         text=True, env=env, cwd="/tmp")
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", PYTHONPATH="", OMP_NUM_THREADS=str(threads))
+    out = subprocess.run([str(py), str(ROOT / "bench" / "recbole_sasrec.py"), str(epochs), str(threads)],
+                         capture_output=True, text=True, env=env, cwd="/tmp")
     if out.returncode != 0:
         raise SystemExit(f"RecBole run failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def median_epoch_s(run: dict) -> float:
-    return sorted(e["train_s"] for e in run["epochs"])[len(run["epochs"]) // 2]
+def _ms(fn, repeat: int = 10) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat * 1000
+
+
+def step_profile(cfg: Config, steps: int = 30) -> dict:
+    """Milliseconds of one default pretrain_sasrec step and of its parts, each timed alone on its shapes."""
+    cfg = cfg.model_copy(update={"stages": ["pretrain_sasrec"]})
+    ws = build_workspace(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = JointTrainer(ws.model, ws.data, cfg, run_dir, evaluate=lambda m, s: 0.0, progress=False)
+    model = ws.model.sasrec.train()
+    opt = trainer.sasrec_opt
+    inputs, targets, _, _ = trainer.samples("pretrain_sasrec")
+    bs = trainer.batch_size("pretrain_sasrec")
+    prefixes = cfg.sasrec_sampling == "prefixes"
+    last_k = cfg.sasrec_prefix_group if prefixes else None  # windows: every position has a target
+    k = last_k or cfg.max_seq_len
+    seed_everything(cfg.seed, "bench-profile")
+    order = torch.randperm(len(inputs), generator=generator(cfg.seed, "bench-profile", 0))
+    t_data = t_loss = t_opt = 0.0
+    for n in range(steps + 3):
+        t0 = time.perf_counter()
+        i = order[n * bs:(n + 1) * bs]
+        seq, tgt = inputs[i], targets[i]
+        t1 = time.perf_counter()
+        loss = model.calculate_loss(seq, tgt, "ce", last_k=last_k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        t3 = time.perf_counter()
+        if n >= 3:  # warm-up steps are not timed
+            t_data, t_loss, t_opt = t_data + t1 - t0, t_loss + t2 - t1, t_opt + t3 - t2
+    b, length, h = bs, cfg.max_seq_len, cfg.sasrec_hidden_dim
+    heads, p, blocks = cfg.sasrec_num_heads, cfg.sasrec_dropout, cfg.sasrec_num_blocks
+    x = torch.randn(b, length, h, requires_grad=True)
+    mask = attention_mask(inputs[order[:bs]])
+    block = model.blocks[0]
+
+    def attention(rows: int) -> None:  # queries of the last `rows` positions, keys and values of all
+        q, kk, v = block.qkv(block.ln_attn(x)).view(b, length, 3, heads, h // heads).unbind(2)
+        a = attend(q[:, -rows:].transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), mask[..., -rows:, :], p)
+        block.out(a.transpose(1, 2).reshape(b, rows, h)).sum().backward()
+
+    def ffn(rows: int) -> None:
+        block.ffn(block.ln_ffn(x[:, -rows:])).sum().backward()
+
+    def masks() -> None:  # every dropout mask of one step: embeddings, then per block 4 (attention probs incl.)
+        dropout_mask((b, length, h), p, torch.float32)
+        for i in range(blocks):
+            rows = k if i == blocks - 1 else length
+            dropout_mask((b, heads, rows, length), p, torch.float32)
+            dropout_mask((b, rows, h), p, torch.float32)
+            dropout_mask((b, rows, 4 * h), p, torch.float32)
+            dropout_mask((b, rows, h), p, torch.float32)
+
+    n_targets = int((targets[order[:bs]] != 0).sum())
+    hidden = torch.randn(n_targets, h, requires_grad=True)
+    labels = torch.randint(1, ws.data.num_items + 1, (n_targets,))
+
+    def cross_entropy() -> None:
+        logits = hidden @ model.item_embedding.weight.T
+        F.cross_entropy(logits.masked_fill(torch.arange(logits.shape[1]) == 0, float("-inf")), labels).backward()
+
+    parts = {"attention (fwd+bwd, all blocks)": (blocks - 1) * _ms(lambda: attention(length)) + _ms(
+                 lambda: attention(k)),
+             "feed-forward (fwd+bwd, all blocks)": (blocks - 1) * _ms(lambda: ffn(length)) + _ms(lambda: ffn(k)),
+             "dropout masks": _ms(masks), "cross-entropy over the catalogue (fwd+bwd)": _ms(cross_entropy),
+             "optimizer (clip + AdamW)": t_opt / steps * 1000, "data (batch indexing)": t_data / steps * 1000}
+    step_ms = (t_data + t_loss + t_opt) / steps * 1000
+    parts["other (embeddings, LayerNorms, residuals, autograd)"] = step_ms - sum(parts.values())
+    return {"samples_per_step": bs, "targets_per_step": n_targets, "step_ms": step_ms,
+            "parts_ms": {name: round(v, 2) for name, v in parts.items()}}
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--epochs", type=int, default=15, help="epochs of the windows run")
-    ap.add_argument("--prefix-epochs", type=int, default=3, help="epochs of the prefixes run (~50 s each)")
-    ap.add_argument("--batch-size", type=int, default=8,
-                    help="windows per batch (default 8 ≈ 320 targets ≈ RecBole's 256 per step)")
-    ap.add_argument("--recbole-epochs", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--recbole-epochs", type=int, default=1)
     ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
+    ap.add_argument("--config", default=None, help="the workbench's config (default: the default config)")
+    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    rb = recbole(args.recbole_epochs, Path(args.venv))
-    runs = {"prefixes": ours(args.prefix_epochs, 256, "prefixes"),
-            "windows": ours(args.epochs, args.batch_size, "windows")}
-    rb_epoch = median_epoch_s(rb)
-    if len(rb["epochs"]) >= NOTES_RECBOLE["epochs"]:
-        target = max(e["valid_ndcg@10"] for e in rb["epochs"])
-        rb_best_wall = min(e["wall_s"] for e in rb["epochs"] if e["valid_ndcg@10"] >= target)
-        target_source = f"RecBole's best over {len(rb['epochs'])} epochs in this run"
-    else:
-        target = NOTES_RECBOLE["best_valid_ndcg@10"]
-        rb_best_wall = rb_epoch * NOTES_RECBOLE["epochs"]
-        target_source = (f"{NOTES_RECBOLE['source']}; RecBole wall time = this run's epoch time x "
-                         f"{NOTES_RECBOLE['epochs']} epochs")
-    ours_result = {}
-    for name, run in runs.items():
-        reached = next((e for e in run["epochs"] if e["valid_ndcg@10"] >= target), None)
-        ours_result[name] = {
-            "batch": f"{run['batch_size']} {name} per step", "training_samples": run["training_samples"],
-            "training_targets": run["training_targets"], "s_per_epoch": median_epoch_s(run),
-            "epoch_speedup_vs_recbole": round(rb_epoch / median_epoch_s(run), 1),
-            "wall_to_target_s": reached["wall_s"] if reached else None,
-            "epochs_to_target": reached["epoch"] + 1 if reached else None,
-            "time_to_target_ratio": round(rb_best_wall / reached["wall_s"], 1) if reached else None,
-            "best_valid_ndcg@10": max(e["valid_ndcg@10"] for e in run["epochs"]),
-            "best_valid_ndcg@10_known_excluded": max(e["valid_ndcg@10_known_excluded"] for e in run["epochs"]),
-            "epochs": run["epochs"]}
-    result = {
-        "benchmark": "SASRec stage, ML-100K, CE, hidden 64, 2 layers, 2 heads, len 50, 2 threads",
-        "recbole_batch": "256 prefixes (one target each)",
-        "validation_protocol": "RecBole's (known items ranked too) on both sides for the time-to-target",
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "threads": 2,
-        "recbole_s_per_epoch": rb_epoch, "recbole_training_sequences": rb["training_sequences"],
-        "target_valid_ndcg@10": target, "target_source": target_source,
-        "recbole_wall_to_best_s": round(rb_best_wall, 1), "recbole_epochs": rb["epochs"], "ours": ours_result,
-    }
-    out = ROOT / "bench" / "results"
-    atomic_write_json(out / "training.json", result)
+    cfg = load_config(args.config)
+    target = NOTES_RECBOLE["best_valid_ndcg@10"]
+    result = {"benchmark": "SASRec training, ML-100K, CE, hidden 64, 2 layers, 2 heads, len 50",
+              "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+              "target_valid_ndcg@10": target, "target_source": NOTES_RECBOLE["source"],
+              "validation_protocol": "RecBole's (known items ranked too) on both sides for the time-to-target",
+              "by_threads": {}}
     md = ["# SASRec training: UR4Rec Workbench vs RecBole 1.2.1 (same settings, same CPU, one run)", "",
-          "| | seconds per epoch (all training targets) | RecBole's / ours | wall time to valid NDCG@10 "
-          f">= {target:.4f} | RecBole's / ours |", "|---|---:|---:|---:|---:|",
-          f"| RecBole 1.2.1, 256 prefixes per step | {rb_epoch:.1f} | — | {rb_best_wall:.0f} s | — |"]
-    for name, r in ours_result.items():
-        label = "workbench, 256 prefixes per step (the default)" if name == "prefixes" else f"workbench, {r['batch']}"
-        wall = f"{r['wall_to_target_s']} s" if r["wall_to_target_s"] else f"not reached in {len(r['epochs'])} epochs"
-        md.append(f"| {label} | {r['s_per_epoch']:.1f} | {r['epoch_speedup_vs_recbole']}x | {wall} | "
-                  f"{str(r['time_to_target_ratio']) + 'x' if r['time_to_target_ratio'] else '—'} |")
-    md += ["", f"Target: {target_source}. Both validations rank known items too (RecBole's protocol). Best "
-           "validation NDCG@10 of the workbench runs: " + "; ".join(
-               f"{name} {r['best_valid_ndcg@10']:.4f} in {len(r['epochs'])} epochs "
-               f"({r['best_valid_ndcg@10_known_excluded']:.4f} with known items excluded, the workbench's protocol)"
-               for name, r in ours_result.items()) + ".", ""]
-    atomic_write_text(out / "training.md", "\n".join(md))
-    print("\n".join(md), file=sys.stderr)
-    print(json.dumps(result))
+          f"Time to target = wall time (training + validation) to validation NDCG@10 >= {target} (RecBole's 12-epoch "
+          "best, shared/NOTES.md), RecBole's protocol (known items ranked) on both sides; RecBole's = its epoch time "
+          "in this run x 12. Throughput = training targets per second of training. Stage s = the default's "
+          "`StageResult.seconds` (all its epochs, validation included). `python bench/training.py`.", "",
+          "| threads | trainer | per step | s per epoch | targets/s | vs RecBole | time to target | vs RecBole "
+          "| stage s | best valid (ours) |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rb = recbole(args.recbole_epochs, threads, Path(args.venv))
+        rb_train = median([e["train_s"] for e in rb["epochs"]])
+        rb_tput = rb["training_sequences"] / rb_train
+        rb_to_target = rb["epochs"][-1]["wall_s"] / len(rb["epochs"]) * NOTES_RECBOLE["epochs"]
+        row = {"recbole": {"s_per_epoch": rb_train, "targets_per_s": rb_tput, "time_to_target_s": rb_to_target,
+                           "epochs": rb["epochs"]}}
+        md.append(f"| {threads} | RecBole 1.2.1 | 256 prefixes | {rb_train:.1f} | {rb_tput:.0f} | — | "
+                  f"{rb_to_target:.0f} s | — | — | — |")
+        runs = {"default": workbench(cfg),
+                "grouped prefixes": workbench(cfg.model_copy(update=GROUPED), 1)}
+        for name, run in runs.items():
+            s_epoch = median([e["train_s"] for e in run["epochs"]])
+            tput = run["training_targets"] / s_epoch
+            reached = next((e for e in run["epochs"] if e["valid_ndcg@10"] >= target), None)
+            to_target = reached["wall_s"] if reached else None
+            row[name] = {"s_per_epoch": s_epoch, "targets_per_s": tput, "throughput_vs_recbole": tput / rb_tput,
+                         "time_to_target_s": to_target,
+                         "time_to_target_vs_recbole": rb_to_target / to_target if to_target else None,
+                         "best_valid_ndcg@10_known_excluded": max(e["valid_ndcg@10_known_excluded"]
+                                                                  for e in run["epochs"]), **run}
+            per_step = (f"{run['batch_size']} windows" if run["sampling"] == "windows" else
+                        f"{run['batch_size']} prefixes" if run["prefix_group"] == 1 else
+                        f"{run['batch_size']} groups of {run['prefix_group']} targets")
+            stage = f"{run['stage_seconds']:.0f}" if run["stage_seconds"] else "—"
+            best = f"{row[name]['best_valid_ndcg@10_known_excluded']:.4f}" if run["stage_seconds"] else "—"
+            md.append(f"| {threads} | workbench, {name} | {per_step} | {s_epoch:.1f} | {tput:.0f} | "
+                      f"{tput / rb_tput:.1f}x | " + (f"{to_target:.0f} s ({reached['epoch'] + 1} epochs) | "
+                                                     f"{rb_to_target / to_target:.1f}x |" if to_target
+                                                     else "not run to target | — |") + f" {stage} | {best} |")
+        row["step_profile"] = step_profile(cfg)
+        result["by_threads"][str(threads)] = row
+    md += ["", "s per epoch = training only, on both sides. Step profile of the default (one optimizer step; "
+           "each part timed alone on the step's shapes):", "",
+           "| part | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} ms" for t in args.threads) + " |",
+           "|---|" + "---:|" * len(args.threads)]
+    profiles = [result["by_threads"][str(t)]["step_profile"] for t in args.threads]
+    for part in profiles[0]["parts_ms"]:
+        md.append(f"| {part} | " + " | ".join(f"{p['parts_ms'][part]:.1f} ({p['parts_ms'][part] / p['step_ms']:.0%})"
+                                               for p in profiles) + " |")
+    md.append("| **step** | " + " | ".join(f"**{p['step_ms']:.1f}**" for p in profiles) + " |")
+    md.append(f"\n{profiles[0]['samples_per_step']} samples, {profiles[0]['targets_per_step']} targets in the "
+              "profiled step.\n")
+    publish("training", result, md, args.json)
 
 
 if __name__ == "__main__":

@@ -223,3 +223,35 @@ def test_training_windows_use_every_target_once_with_or_without_overlap() -> Non
         assert items <= set(range(1, 4)) if owner == 0 else items <= set(range(10, 22)) if owner == 1 \
             else items <= set(range(30, 32)), (owner, items)
     assert sorted(set(owners.tolist())) == [0, 1, 2]
+
+
+def test_grouped_prefixes_cover_every_target_once_with_its_prefix_in_the_last_columns() -> None:
+    """``training_prefixes(group=g)``: one sample per g consecutive targets (cut from the end, so only
+    a sequence's earliest group may be short); the input is the group's last target's prefix and
+    each target sits in the column after its own last predecessor, seeing all of them when it has
+    <= max_len, else at least max_len - g + 1."""
+    import numpy as np
+
+    from ur4rec.data.batching import prefix_target_positions, training_prefixes
+
+    seqs = [np.arange(1, 13), np.arange(20, 23), np.arange(40, 42)]
+    for group in (1, 2, 3, 4):
+        inputs, targets, owners = training_prefixes(seqs, 4, group)
+        flat = sorted(t for t in targets.flatten().tolist() if t)
+        assert flat == sorted([*range(2, 13), 21, 22, 41]), group  # every target exactly once
+        assert (targets[:, :-group] == 0).all(), group  # the loss is on the last `group` columns only
+        for row_in, row_t, owner in zip(inputs.tolist(), targets.tolist(), owners.tolist()):
+            seq = seqs[owner].tolist()
+            for pos, t in enumerate(row_t):
+                if t:
+                    k = seq.index(t)  # the target's index in its sequence: k predecessors
+                    seen = [x for x in row_in[: pos + 1] if x]
+                    assert seen == seq[k - len(seen):k], (group, t)  # its most recent predecessors, in order
+                    assert len(seen) >= min(k, 4 - group + 1), (group, t, seen)
+        last = prefix_target_positions(seqs, group)
+        assert last.tolist() == [seqs[o].tolist().index(r[-1]) for o, r in zip(owners.tolist(), targets.tolist())]
+    # group 1 is the per-target layout, in time order
+    one_in, one_t, _ = training_prefixes(seqs, 4)
+    assert one_t[:, -1].tolist() == [*range(2, 13), 21, 22, 41]
+    with pytest.raises(ValueError, match="group"):
+        training_prefixes(seqs, 4, 5)

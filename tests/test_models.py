@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from ur4rec.data.batching import training_prefixes, training_windows
 from ur4rec.errors import UR4RecError
 from ur4rec.evaluation.scoring import two_stage_scores
 from ur4rec.models import SASRec, TextPreferenceRetrieverMoE, UR4RecV2MoE, build_model
@@ -30,10 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _cfg(**over) -> SimpleNamespace:
     base = dict(max_seq_len=L, sasrec_hidden_dim=16, sasrec_num_blocks=2, sasrec_num_heads=2, sasrec_dropout=0.0,
-                text_embedding_dim=TEXT, retriever_output_dim=16, moe_num_heads=2, moe_dropout=0.0,
-                moe_num_proxies=3, max_memory_size=3, update_trigger="EXPLICIT", interaction_threshold=3,
-                drift_threshold=0.3, decay_factor=0.9, fusion_method="weighted", sasrec_weight=0.5,
-                retriever_weight=0.5)
+                sasrec_positions="from_end", text_embedding_dim=TEXT, retriever_output_dim=16, moe_num_heads=2,
+                moe_dropout=0.0, moe_num_proxies=3, max_memory_size=3, update_trigger="EXPLICIT",
+                interaction_threshold=3, drift_threshold=0.3, decay_factor=0.9, fusion_method="weighted",
+                sasrec_weight=0.5, retriever_weight=0.5)
     return SimpleNamespace(**(base | over))
 
 
@@ -212,7 +213,7 @@ def test_sasrec_last_only_pass_equals_the_full_pass_in_eval_mode(loss_type: str)
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(model.parameters()))
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
-    with pytest.raises(ValueError, match="before the last column"):
+    with pytest.raises(ValueError, match="before its last 1 column"):
         model.calculate_loss(seq, torch.where(seq != 0, 1, 0), loss_type, neg, last_only=True)
 
 
@@ -412,3 +413,50 @@ def test_build_model_checks_embedding_shapes() -> None:
         build_model(_cfg(), U + 1, N, user, item)
     with pytest.raises(UR4RecError, match="text_embedding_dim=32"):
         build_model(_cfg(text_embedding_dim=32), U, N, user, item)
+
+
+def test_positions_from_start_give_a_window_pass_every_prefix_output() -> None:
+    """With ``positions="from_start"`` one causal pass over a history's first window computes, at each
+    column, exactly what that target's own prefix sample computes (same items, same position ids):
+    hidden states and the mean loss match. With ``from_end`` they differ (ids count from the end)."""
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(1, N + 1, (n,), generator=g).numpy() for n in (2, 5, L + 1)]
+    win_in, win_tgt, _ = training_windows(seqs, L)
+    pre_in, pre_tgt, _ = training_prefixes(seqs, L)
+    for positions, equal in (("from_start", True), ("from_end", False)):
+        torch.manual_seed(0)
+        model = SASRec(N, 16, 2, 2, 0.3, L, positions=positions).eval()
+        with torch.no_grad():
+            window_h = model(win_in)[win_tgt != 0]  # row-major: sequence by sequence, target by target
+            prefix_h = model(pre_in, last_only=True)[:, -1]
+            assert torch.allclose(window_h, prefix_h, atol=1e-5) is equal, positions
+            if equal:
+                assert torch.allclose(model.calculate_loss(win_in, win_tgt),
+                                      model.calculate_loss(pre_in, pre_tgt, last_only=True), atol=1e-5)
+    with pytest.raises(ValueError, match="positions"):
+        SASRec(N, 16, 2, 2, 0.3, L, positions="middle")
+
+
+@pytest.mark.parametrize("k", [1, 3, L])
+def test_last_k_pass_equals_the_full_pass_in_eval_mode(k: int) -> None:
+    """Grouped prefix samples train with ``last_k``: the last block computes k query rows. Without
+    dropout the hidden states, the loss and every gradient match the full pass."""
+    g = torch.Generator().manual_seed(5)
+    seq = _seq(30, L, g)
+    tgt = torch.where(torch.arange(L) >= L - k, torch.randint(1, N + 1, seq.shape, generator=g), 0)
+    losses, grads = [], []
+    for last_k in (None, k):
+        torch.manual_seed(0)
+        model = SASRec(N, 16, 2, 2, 0.3, L).eval()
+        loss = model.calculate_loss(seq, tgt, last_k=last_k)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        with torch.no_grad():
+            assert torch.allclose(model(seq, last_k=k), model(seq)[:, -k:], atol=1e-6)
+    assert torch.allclose(losses[0], losses[1], atol=1e-6)
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6), name
+    if k < L:
+        with pytest.raises(ValueError, match=f"before its last {k} column"):
+            model.calculate_loss(seq, torch.where(seq != 0, 1, 0), last_k=k)

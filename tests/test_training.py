@@ -65,11 +65,18 @@ def _strip_time(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
-def test_same_seed_same_history(small, tmp_path: Path) -> None:
-    a = small()
+@pytest.mark.parametrize("sasrec", [{}, {"sasrec_sampling": "prefixes", "sasrec_batch_size": 16},
+                                    {"sasrec_sampling": "prefixes", "sasrec_batch_size": 8, "sasrec_prefix_group": 3,
+                                     "sasrec_positions": "from_start"}], ids=["windows", "prefixes", "grouped"])
+def test_same_seed_same_history(small, tmp_path: Path, sasrec: dict) -> None:
+    """Same seed, same thread count: the same history (every loss, metric and learning rate) and the same
+    weights, for each way pretrain_sasrec samples (dropout's masks come from the seeded generator)."""
+    a = small(**sasrec)
     train(a.cfg, tmp_path / "a", workspace=a, progress=False)
-    b = small()
+    b = small(**sasrec)
     train(b.cfg, tmp_path / "b", workspace=b, progress=False)
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     assert _strip_time(_history(tmp_path / "a")) == _strip_time(_history(tmp_path / "b"))
     stages = [r["stage"] for r in _history(tmp_path / "a")]
     assert stages == [s for s in a.cfg.stages for _ in range(2)]
@@ -550,3 +557,16 @@ def test_held_out_items_never_reach_the_user_memory(tmp_path: Path, tmp_cfg) -> 
     for k in memory:
         assert torch.equal(states[0][k], states[1][k]), f"held-out items reached the user memory ({k})"
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "held-out items reached training"
+
+
+def test_grouped_prefixes_train_pretrain_sasrec_with_one_pass_per_group(small, tmp_path: Path) -> None:
+    ws = small(sasrec_sampling="prefixes", sasrec_prefix_group=3, sasrec_batch_size=8,
+               stages=["pretrain_sasrec"], epochs_per_stage=1)
+    trainer = trainer_for(ws, tmp_path / "g")
+    seqs = ws.data.train_sequences()
+    inputs, targets, _, positions = trainer.samples("pretrain_sasrec")
+    assert len(inputs) == sum(-(-(len(s) - 1) // 3) for s in seqs)
+    assert int((targets != 0).sum()) == sum(len(s) - 1 for s in seqs)
+    assert (targets[:, :-3] == 0).all()
+    trainer.fit()
+    assert _history(tmp_path / "g")[-1]["step"] == -(-len(inputs) // 8)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ur4rec.models.dropout import FastDropout, fast_dropout
+
 
 class SASRecBlock(nn.Module):
     """Pre-LayerNorm transformer block: masked self-attention, then a GELU feed-forward."""
@@ -35,22 +37,32 @@ class SASRecBlock(nn.Module):
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
         self.out = nn.Linear(hidden_dim, hidden_dim)
         self.ln_ffn = nn.LayerNorm(hidden_dim)
-        self.ffn = nn.Sequential(nn.Linear(hidden_dim, 4 * hidden_dim), nn.GELU(), nn.Dropout(dropout),
+        self.ffn = nn.Sequential(nn.Linear(hidden_dim, 4 * hidden_dim), nn.GELU(), FastDropout(dropout),
                                  nn.Linear(4 * hidden_dim, hidden_dim))
-        self.drop = nn.Dropout(dropout)
+        self.drop = FastDropout(dropout)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """[B, L, H] -> [B, L, H], or [B, 1, H] with ``last_only``: only the last position's query,
-        residual and feed-forward (keys and values still cover every position)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_k: int | None = None) -> torch.Tensor:
+        """[B, L, H] -> [B, L, H], or [B, k, H] with ``last_k``: only the last k positions' queries,
+        residuals and feed-forward (keys and values still cover every position)."""
         b, length, h = x.shape
         q, k, v = self.qkv(self.ln_attn(x)).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
-        if last_only:
-            q, x, attn_mask = q[:, -1:], x[:, -1:], attn_mask[..., -1:, :]
+        if last_k:
+            q, x, attn_mask = q[:, -last_k:], x[:, -last_k:], attn_mask[..., -last_k:, :]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L or 1, d]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        a = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], h)))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor,
+           dropout: float) -> torch.Tensor:
+    """Scaled dot-product attention [B, heads, Lq, d]; with dropout, on the probabilities with
+    ``fast_dropout`` (SDPA's own attention dropout draws one Bernoulli per probability)."""
+    if dropout == 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    logits = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.softmax(logits.masked_fill(~attn_mask, float("-inf")), dim=-1)
+    return fast_dropout(probs, dropout, True) @ v
 
 
 def attention_mask(input_seq: torch.Tensor) -> torch.Tensor:
@@ -64,14 +76,18 @@ def attention_mask(input_seq: torch.Tensor) -> torch.Tensor:
 
 class SASRec(nn.Module):
     def __init__(self, num_items: int, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 2,
-                 dropout: float = 0.2, max_seq_len: int = 50, init_std: float = 0.02) -> None:
+                 dropout: float = 0.2, max_seq_len: int = 50, init_std: float = 0.02,
+                 positions: str = "from_end") -> None:
         super().__init__()
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        if positions not in ("from_end", "from_start"):
+            raise ValueError(f"positions must be 'from_end' or 'from_start', got {positions!r}")
+        self.positions = positions
         self.num_items, self.hidden_dim, self.max_seq_len = num_items, hidden_dim, max_seq_len
         self.item_embedding = nn.Embedding(num_items + 1, hidden_dim, padding_idx=0)
         self.position_embedding = nn.Embedding(max_seq_len, hidden_dim)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = FastDropout(dropout)
         self.blocks = nn.ModuleList(SASRecBlock(hidden_dim, num_heads, dropout) for _ in range(num_blocks))
         self.final_ln = nn.LayerNorm(hidden_dim)
         self.init_std = init_std
@@ -87,18 +103,24 @@ class SASRec(nn.Module):
                 m.weight[m.padding_idx].zero_()
 
     def position_ids(self, input_seq: torch.Tensor) -> torch.Tensor:
-        """Position ids of a [B, L] input: [L], counting back from the end, so the latest item always
-        has the same id (RecBole counts from the first item instead: bench/sasrec_patches.py)."""
+        """Position ids of a [B, L] input. ``from_end``: [L], counting back from the end, so the
+        latest item always has the same id. ``from_start`` (RecBole's): [B, L], 0 at each row's first
+        real item, so the output at column j of a causal pass is what the prefix ending at j alone
+        would give (same items, same ids) for inputs that start within the window."""
+        if self.positions == "from_start":
+            return ((input_seq != 0).long().cumsum(1) - 1).clamp(min=0)
         length = input_seq.shape[1]
         return torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
 
-    def forward(self, input_seq: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(self, input_seq: torch.Tensor, last_only: bool = False, last_k: int | None = None) -> torch.Tensor:
         """Hidden states for every position: [B, L, H] (padded positions are zero).
 
-        ``last_only``: only the last position's, [B, 1, H]. The last block then computes one query
-        row instead of L (nothing else reads the others), about half the work of a 2-block pass;
-        in eval mode the result equals ``forward(input_seq)[:, -1:]`` (tests/test_models.py).
+        ``last_only``: only the last position's, [B, 1, H]; ``last_k``: the last k positions',
+        [B, k, H]. The last block then computes k query rows instead of L (nothing else reads the
+        others), about half the work of a 2-block pass for small k; in eval mode the result equals
+        ``forward(input_seq)[:, -k:]`` (tests/test_models.py).
         """
+        k = 1 if last_only else last_k
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
@@ -108,10 +130,10 @@ class SASRec(nn.Module):
         x = self.emb_dropout(x) * keep
         mask = attention_mask(input_seq)
         for i, block in enumerate(self.blocks):
-            last = last_only and i == len(self.blocks) - 1
-            x = block(x, mask, last_only=last) * (keep[:, -1:] if last else keep)
-        if last_only:
-            x, keep = x[:, -1:], keep[:, -1:]  # already one position after the last block
+            last = k if k and i == len(self.blocks) - 1 else None
+            x = block(x, mask, last_k=last) * (keep[:, -last:] if last else keep)
+        if k:
+            keep = keep[:, -k:]  # x already has k positions after the last block
         return self.final_ln(x) * keep
 
     @torch.no_grad()
@@ -145,22 +167,24 @@ class SASRec(nn.Module):
         return self.user_representation(input_seq) @ self.item_embedding.weight.T
 
     def calculate_loss(self, input_seq: torch.Tensor, target_seq: torch.Tensor, loss_type: str = "ce",
-                       neg_items: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+                       neg_items: torch.Tensor | None = None, last_only: bool = False,
+                       last_k: int | None = None) -> torch.Tensor:
         """Next-item loss over every non-padded position (target 0 = ignore).
 
         ``ce``: softmax over the whole catalogue (padding column excluded). ``bpr``:
         -logsigmoid(pos - neg), never -log(sigmoid(.)) which overflows to inf for large negative
         margins. ``bce``: binary cross-entropy with logits on the positive and the negative.
-        ``last_only``: the targets sit in the last column only (``training_prefixes``), so only
-        that position is computed (``forward(last_only=True)``).
+        ``last_only`` / ``last_k``: the targets sit in the last column / last k columns only
+        (``training_prefixes`` with group 1 / k), so only those positions are computed.
         """
-        if last_only:
-            if target_seq[:, :-1].any():
-                raise ValueError("last_only=True but target_seq has targets before the last column; "
-                                 "use last_only=False for training_windows samples")
-            target_seq = target_seq[:, -1:]
-            neg_items = None if neg_items is None else neg_items[:, -1:]
-        hidden = self.forward(input_seq, last_only=last_only)
+        k = 1 if last_only else last_k
+        if k:
+            if target_seq[:, :-k].any():
+                raise ValueError(f"last_k={k} but target_seq has targets before its last {k} column(s); "
+                                 "use last_k=None for training_windows samples")
+            target_seq = target_seq[:, -k:]
+            neg_items = None if neg_items is None else neg_items[:, -k:]
+        hidden = self.forward(input_seq, last_k=k)
         valid = target_seq != 0
         h = hidden[valid]  # [P, H]
         pos = target_seq[valid]

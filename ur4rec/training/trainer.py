@@ -204,9 +204,11 @@ class JointTrainer:
         self.inputs, self.targets, self.window_users = training_windows(train, cfg.max_seq_len,
                                                                         cfg.train_window_stride)
         self.positions = window_target_positions(train, cfg.max_seq_len, cfg.train_window_stride)
-        self.prefixes = None
+        self.sasrec_samples = None  # pretrain_sasrec's own samples, when they are prefixes
         if cfg.sasrec_sampling == "prefixes" and "pretrain_sasrec" in cfg.stages:
-            self.prefixes = (*training_prefixes(train, cfg.max_seq_len), prefix_target_positions(train))
+            group = cfg.sasrec_prefix_group
+            self.sasrec_samples = (*training_prefixes(train, cfg.max_seq_len, group),
+                                   prefix_target_positions(train, group))
         self.log_vars = nn.Parameter(torch.zeros(3))  # uncertainty weighting (Kendall et al.)
         self.sasrec_opt = torch.optim.AdamW(list(model.sasrec_parameters()), lr=cfg.sasrec_lr,
                                             weight_decay=cfg.weight_decay)
@@ -221,13 +223,13 @@ class JointTrainer:
 
     # ------------------------------------------------------------------ losses
     def sasrec_loss(self, seq: torch.Tensor, tgt: torch.Tensor, users: torch.Tensor,
-                    g: torch.Generator, last_only: bool = False) -> torch.Tensor:
-        """SASRec's next-item loss; ``last_only`` for prefix samples (their one target is last)."""
+                    g: torch.Generator, last_k: int | None = None) -> torch.Tensor:
+        """SASRec's next-item loss; ``last_k`` for prefix samples (their targets are in the last k columns)."""
         neg = None
         if self.cfg.loss_type != "ce":
             neg = sample_negatives(users, tgt.shape[1], self.known, g).view_as(tgt)
         return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg,
-                                                last_only=last_only)
+                                                last_k=last_k)
 
     def candidates(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """[positive, negatives...] per window for the per-pair losses.
@@ -288,8 +290,9 @@ class JointTrainer:
                      alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
         if stage == "pretrain_sasrec":
-            last_only = self.prefixes is not None  # prefix samples: the target is in the last column only
-            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_only=last_only)}, [self.sasrec_opt]
+            # prefix samples: the targets are in the last sasrec_prefix_group columns only
+            last_k = self.cfg.sasrec_prefix_group if self.cfg.sasrec_sampling == "prefixes" else None
+            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_k=last_k)}, [self.sasrec_opt]
         if stage == "pretrain_retriever":
             return {"retriever": self.retriever_loss(users, seq, tgt, pos, g)}, [self.retriever_opt]
         if stage == "joint_finetune":
@@ -364,8 +367,8 @@ class JointTrainer:
         """(inputs, targets, sequence index, position of the last target in its sequence) that
         ``stage`` steps over: the windows, or in ``pretrain_sasrec`` with ``sasrec_sampling:
         prefixes`` one sample per target."""
-        if stage == "pretrain_sasrec" and self.prefixes is not None:
-            return self.prefixes
+        if stage == "pretrain_sasrec" and self.sasrec_samples is not None:
+            return self.sasrec_samples
         return self.inputs, self.targets, self.window_users, self.positions
 
     def _epoch(self, stage: str, stage_idx: int, epoch: int, total_steps: int, global_step: int,
