@@ -7,7 +7,8 @@ Both models are built from the default config's dimensions and step over the def
 clipping, AdamW. The baseline's ``ur4rec/models/sasrec.py`` is read from ``git show`` of the commit
 and imported as a module of its own, so the two differ only in that file (dropout, attention, the
 last-k pass). Steps alternate between the two in rounds of 5 after 5 warm-up steps each, so a slow
-moment of the machine costs both; reported: median ms per step over the rounds and the ratio. An
+moment of the machine costs each; this checkout also with ``sasrec_precision: bf16`` (autocast, as the
+trainer does). Reported: median ms per step over the rounds and the ratio. An
 epoch = steps per epoch x that time (validation not included).
 """
 
@@ -78,12 +79,12 @@ def main() -> None:
           f"Default config's samples ({cfg.sasrec_sampling}, {bs} per step, {steps_per_epoch} steps per epoch), CE, "
           "backward, clipping, AdamW; the two models alternate in rounds of 5 steps in one process. "
           "`python bench/sasrec_step.py`.", "",
-          "| threads | baseline ms/step | this checkout ms/step | speed-up | epoch (training only), baseline → this |",
-          "|---:|---:|---:|---:|---|"]
+          "| threads | baseline ms/step | this checkout ms/step | speed-up | with sasrec_precision bf16 | speed-up "
+          "| epoch (training only), baseline → this |", "|---:|---:|---:|---:|---:|---:|---|"]
     for threads in args.threads:
         torch.set_num_threads(threads)
         runs = {}
-        for name, module in (("baseline", baseline), ("candidate", current)):
+        for name, module in (("baseline", baseline), ("candidate", current), ("candidate bf16", current)):
             torch.manual_seed(0)
             model = module.SASRec(*dims).train()
             runs[name] = (model, torch.optim.AdamW(model.parameters(), lr=cfg.sasrec_lr), [])
@@ -94,7 +95,8 @@ def main() -> None:
             i = order[(n * bs) % len(order):][:bs]
             # windows: every position; one prefix per target: the last-position pass both commits have
             extra = {} if k is None else {"last_only": True} if k == 1 else {"last_k": k}
-            loss = model.calculate_loss(inputs[i], targets[i], "ce", **extra)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name.endswith("bf16")):  # sasrec_precision
+                loss = model.calculate_loss(inputs[i], targets[i], "ce", **extra)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -113,12 +115,13 @@ def main() -> None:
                     n += 1
                 runs[name][2].append((time.perf_counter() - t0) / 5 * 1000)
         ms = {name: statistics.median(r[2]) for name, r in runs.items()}
-        ratio = ms["baseline"] / ms["candidate"]
-        result["by_threads"][str(threads)] = {"ms_per_step": ms, "speedup": ratio,
+        ratio, ratio_bf16 = ms["baseline"] / ms["candidate"], ms["baseline"] / ms["candidate bf16"]
+        result["by_threads"][str(threads)] = {"ms_per_step": ms, "speedup": ratio, "speedup_bf16": ratio_bf16,
                                               "epoch_s": {n_: v * steps_per_epoch / 1000 for n_, v in ms.items()}}
         epoch = result["by_threads"][str(threads)]["epoch_s"]
         md.append(f"| {threads} | {ms['baseline']:.1f} | {ms['candidate']:.1f} | {ratio:.2f}x | "
-                  f"{epoch['baseline']:.1f} s → {epoch['candidate']:.1f} s |")
+                  f"{ms['candidate bf16']:.1f} | {ratio_bf16:.2f}x | {epoch['baseline']:.1f} s → "
+                  f"{epoch['candidate']:.1f} s (bf16 {epoch['candidate bf16']:.1f} s) |")
     publish("sasrec_step", result, md + [""], args.json)
 
 

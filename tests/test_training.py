@@ -67,7 +67,8 @@ def _strip_time(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("sasrec", [{}, {"sasrec_sampling": "prefixes", "sasrec_batch_size": 16},
                                     {"sasrec_sampling": "prefixes", "sasrec_batch_size": 8, "sasrec_prefix_group": 3,
-                                     "sasrec_positions": "from_start"}], ids=["windows", "prefixes", "grouped"])
+                                     "sasrec_positions": "from_start"}, {"sasrec_precision": "bf16"}],
+                         ids=["windows", "prefixes", "grouped", "bf16"])
 def test_same_seed_same_history(small, tmp_path: Path, sasrec: dict) -> None:
     """Same seed, same thread count: the same history (every loss, metric and learning rate) and the same
     weights, for each way pretrain_sasrec samples (dropout's masks come from the seeded generator)."""
@@ -570,3 +571,21 @@ def test_grouped_prefixes_train_pretrain_sasrec_with_one_pass_per_group(small, t
     assert (targets[:, :-3] == 0).all()
     trainer.fit()
     assert _history(tmp_path / "g")[-1]["step"] == -(-len(inputs) // 8)
+
+
+def test_bf16_sasrec_loss_is_close_to_fp32_and_leaves_weights_and_gradients_fp32(small, tmp_path: Path) -> None:
+    """``sasrec_precision: bf16`` autocasts SASRec's training loss only: same weights give a loss within
+    bf16's rounding of the fp32 one, the loss and every gradient stay fp32, and evaluation is untouched."""
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        ws = small(sasrec_precision=precision)
+        trainer = trainer_for(ws, tmp_path / precision)
+        seq, tgt, users = trainer.inputs[:16], trainer.targets[:16], trainer.window_users[:16]
+        ws.model.eval()  # no dropout: the two precisions see the same function
+        loss = trainer.sasrec_loss(seq, tgt, users, torch.Generator().manual_seed(0))
+        loss.backward()
+        assert loss.dtype == torch.float32
+        assert all(p.grad.dtype == torch.float32 for p in ws.model.sasrec.parameters() if p.grad is not None)
+        losses[precision] = float(loss.detach())
+    assert losses["bf16"] != losses["fp32"]  # autocast did act
+    assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
