@@ -13,8 +13,9 @@ value nobody reads), and padded positions are zeroed after every block so nothin
 No ``nan_to_num``: the NaN cannot arise.
 
 Hyperparameters (config keys): ``sasrec_hidden_dim`` (H), ``sasrec_num_blocks``,
-``sasrec_num_heads`` (must divide H), ``sasrec_dropout`` (embedding, attention and FFN dropout),
-``max_seq_len`` (L).
+``sasrec_num_heads`` (must divide H), ``sasrec_dropout`` (embedding, attention and FFN dropout,
+with ``FastDropout``'s cheaper masks), ``max_seq_len`` (L), ``sasrec_positions`` (position ids
+counted from the latest item or, as RecBole, from the first).
 """
 
 from __future__ import annotations
