@@ -253,9 +253,9 @@ class Config(BaseModel):
                 f"moe_num_heads ({self.moe_num_heads})"
             )
         for key in ("train_window_stride", "sasrec_prefix_group"):
-            stride = getattr(self, key)
-            if stride is not None and stride > self.max_seq_len:
-                raise ValueError(f"{key} ({stride}) must be at most max_seq_len ({self.max_seq_len})")
+            value = getattr(self, key)
+            if value is not None and value > self.max_seq_len:
+                raise ValueError(f"{key} ({value}) must be at most max_seq_len ({self.max_seq_len})")
         return self
 
     # ---- helpers ------------------------------------------------------------------------------

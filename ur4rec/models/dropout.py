@@ -1,7 +1,8 @@
-"""Dropout whose random mask costs a fifth of torch's on a CPU.
+"""Dropout with a cheaper random mask than torch's on a CPU.
 
-``nn.Dropout`` draws one Bernoulli sample per element (``aten::bernoulli_``); in SASRec's prefix
-training that was 38% of a step's CPU time (bench/training.py's step profile). Here one 64-bit draw
+``nn.Dropout`` draws one Bernoulli sample per element (``aten::bernoulli_``), a large part of a
+SASRec prefix step; with this mask the whole step is 1.43x faster on two threads
+(bench/results/sasrec_step.md, against commit 8d3b46c's SASRec). Here one 64-bit draw
 of torch's generator gives four 16-bit uniform numbers, each compared with a threshold: the mask is
 the same kind of object (independent keeps with probability 1 - p, survivors scaled by 1 / (1 - p))
 from a quarter of the draws and no float conversion. The probability is rounded to a multiple of
