@@ -69,7 +69,8 @@ def build() -> tuple[UR4RecV2MoE, torch.Tensor]:
         retriever_output_dim=d["output_dim"], moe_num_heads=d["heads"], moe_dropout=0.1,
         moe_num_proxies=d["proxies"], max_memory_size=d["memory"], update_trigger="INTERACTION_COUNT",
         interaction_threshold=10, drift_threshold=0.3, decay_factor=0.95, fusion_method="weighted",
-        sasrec_weight=0.5, retriever_weight=0.5)
+        sasrec_weight=0.5, retriever_weight=0.5, sasrec_item_text="none",
+        sasrec_text_components=4, sasrec_user_text_weight=0.0)
     g = torch.Generator().manual_seed(0)
     user = torch.nn.functional.normalize(torch.randn(d["num_users"], d["text_dim"], generator=g), dim=-1)
     item = torch.nn.functional.normalize(torch.randn(d["num_items"] + 1, d["text_dim"], generator=g), dim=-1)

@@ -49,3 +49,33 @@ def test_patch_trains_sasrec_and_changes_it(patch: str, quick_default: tuple[Pat
     assert len(history) == 2 and all(0.0 <= r["valid_ndcg@10"] <= 1.0 for r in history)
     trace = [(r["loss_sasrec"], r["valid_ndcg@10"]) for r in history]
     assert trace != [(r["loss_sasrec"], r["valid_ndcg@10"]) for r in default]
+
+
+def test_text_ablation_runs_each_row_resumes_and_aggregates(tmp_path: Path) -> None:
+    """bench/text_ablation.py on the quick profile (1 epoch a stage, one seed, two jobs): every row
+    writes its ablation.json, the aggregate compares each row with ID-only SASRec on the same users, the
+    cold-start curve's whole-history point is the row's test score, late fusion starts from the seed's
+    sasrec run, and a second call trains nothing and gives the same table."""
+    cmd = [sys.executable, str(REPO / "bench" / "text_ablation.py"), "--root", str(tmp_path / "runs"),
+           "--config", str(REPO / "configs" / "quick.yaml"), "--set", f"data_dir={tmp_path / 'data'}",
+           "--set", "epochs_per_stage=1", "--set", "sasrec_epochs=1", "--rows", "sasrec", "item-init",
+           "late-fusion", "--seeds", "2020", "--jobs", "2", "--threads", "1", "--results", str(tmp_path), "--json"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    rows = result["rows"]
+    assert list(rows) == ["sasrec", "item-init", "late-fusion"] and result["threads"] == [1]
+    for name in ("item-init", "late-fusion"):
+        assert rows[name]["paired_vs_sasrec"]["users"] == 120  # the quick profile's users
+    assert result["winner_on_validation"] == max(rows, key=lambda r: rows[r]["valid ndcg@10"]["mean"])
+    for name in ("sasrec", "item-init"):
+        curve = rows[name]["cold_start_curve"]
+        assert list(curve) == ["1", "2", "3", "5", "10", "all"]
+        assert curve["all"]["mean"] == pytest.approx(rows[name]["test ndcg@10"]["mean"])
+    assert "cold_start_curve" not in rows["late-fusion"]  # its user text sees the whole history
+    record = json.loads((tmp_path / "runs" / "late-fusion-2020" / "ablation.json").read_text())
+    assert record["sasrec_from"] == str(tmp_path / "runs" / "sasrec-2020")
+    assert (tmp_path / "text_ablation.md").read_text().count("| item-init |") == 3  # table, curve, segments
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0 and "training" not in again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == rows

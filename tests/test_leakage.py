@@ -215,3 +215,16 @@ def test_report_index_shows_the_audit(leak_cfg, tmp_path):
     assert index["text_leakage"]["verdict"] == "fail" and index["text_leakage"]["held_out"]["test"]["rate"] == 0.1
     write_index(out, [], meta | {"text_audit_file": str(tmp_path / "missing.json")})
     assert "not available (texts not built yet)" in (out / "index.html").read_text()
+
+
+def test_template_texts_with_demographics_pass_and_state_them(leak_cfg):
+    make, data = leak_cfg
+    res = build_texts(make(template_demographics=True), data, progress=False)
+    leak = res.to_dict()["leakage"]
+    assert leak["verdict"] == "pass" and all(s["held_out"]["named"] == 0 for s in leak["splits"].values())
+    row = data.users.set_index("user").loc[0]
+    gender = {"M": "male", "F": "female"}[row["gender"]]
+    assert f"Age {int(row['age'])}, {gender}, {row['occupation']}." in res.texts.users[0]
+    plain = build_texts(make(), data, progress=False)
+    assert plain.texts.folder != res.texts.folder  # its own cache: the texts without demographics are kept
+    assert "Age " not in plain.texts.users[0]

@@ -30,7 +30,8 @@ def _model(**over) -> UR4RecV2MoE:
                sasrec_positions="from_end", text_embedding_dim=TEXT, retriever_output_dim=D, moe_num_heads=2,
                moe_dropout=0.1, moe_num_proxies=2, max_memory_size=3, update_trigger="EXPLICIT",
                interaction_threshold=3, drift_threshold=0.3, decay_factor=0.8, fusion_method="weighted",
-               sasrec_weight=0.5, retriever_weight=0.5)
+               sasrec_weight=0.5, retriever_weight=0.5, sasrec_item_text="none",
+               sasrec_text_components=4, sasrec_user_text_weight=0.0)
     g = torch.Generator().manual_seed(0)
     user = nn.functional.normalize(torch.randn(U, TEXT, generator=g), dim=-1)
     item = torch.cat([torch.zeros(1, TEXT), nn.functional.normalize(torch.randn(N, TEXT, generator=g), dim=-1)])

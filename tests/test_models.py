@@ -34,7 +34,8 @@ def _cfg(**over) -> SimpleNamespace:
                 sasrec_positions="from_end", text_embedding_dim=TEXT, retriever_output_dim=16, moe_num_heads=2,
                 moe_dropout=0.0, moe_num_proxies=3, max_memory_size=3, update_trigger="EXPLICIT",
                 interaction_threshold=3, drift_threshold=0.3, decay_factor=0.9, fusion_method="weighted",
-                sasrec_weight=0.5, retriever_weight=0.5)
+                sasrec_weight=0.5, retriever_weight=0.5, sasrec_item_text="none", sasrec_text_components=4,
+                sasrec_user_text_weight=0.0)
     return SimpleNamespace(**(base | over))
 
 

@@ -96,6 +96,9 @@ class Config(BaseModel):
     #: it): "error" stops, "warn" proceeds with a warning and the audit recorded as failed,
     #: "ignore" only records it.
     text_leakage: Literal["error", "warn", "ignore"] = "error"
+    #: Template user texts also state the user's age, gender and occupation (from the users table:
+    #: static facts SASRec never sees, nothing held out). The item texts do not change.
+    template_demographics: bool = False
 
     # ---- SASRec (original keys) ----------------------------------------------------------------
     #: Catalogue size. Derived from the prepared data; if set it must match.
@@ -110,6 +113,17 @@ class Config(BaseModel):
     #: gives each of its targets the positions a prefix sample of that target would have (in eval
     #: mode the same outputs, tests/test_models.py). With grouped prefixes it did not train better.
     sasrec_positions: Literal["from_end", "from_start"] = "from_end"
+    #: Item text inside SASRec (ur4rec.models.item_text), input and output embedding alike: "none" (ID
+    #: vectors only), "init" (ID vectors start from the item texts' whitened principal components),
+    #: "add" (ID vector + a learned projection of the frozen whitened text, LLM-ESR's dual view),
+    #: "alphafuse" (sasrec_text_components frozen whitened text dims + ID vectors in the other dims).
+    sasrec_item_text: Literal["none", "init", "add", "alphafuse"] = "none"
+    #: Whitened principal components of the item texts that "add" projects and "alphafuse" freezes
+    #: (alphafuse: < sasrec_hidden_dim). "init" always uses sasrec_hidden_dim components.
+    sasrec_text_components: int = Field(32, ge=1)
+    #: User text as a SASRec training signal (UserTextDistillation): weight of 1 - cos(head(h), user text
+    #: embedding) at every training target; 0 = off. No cost at inference (the head is not used there).
+    sasrec_user_text_weight: float = Field(0.0, ge=0)
 
     # ---- MoE retriever (original keys) -------------------------------------------------------
     retriever_output_dim: int = Field(64, ge=1)
@@ -252,6 +266,10 @@ class Config(BaseModel):
                 f"retriever_output_dim ({self.retriever_output_dim}) must be divisible by "
                 f"moe_num_heads ({self.moe_num_heads})"
             )
+        if self.sasrec_item_text == "alphafuse" and self.sasrec_text_components >= self.sasrec_hidden_dim:
+            raise ValueError(f"sasrec_item_text alphafuse freezes sasrec_text_components "
+                             f"({self.sasrec_text_components}) of the sasrec_hidden_dim "
+                             f"({self.sasrec_hidden_dim}) dimensions: it must be smaller, so ID vectors have room")
         for key in ("train_window_stride", "sasrec_prefix_group"):
             value = getattr(self, key)
             if value is not None and value > self.max_seq_len:

@@ -147,6 +147,16 @@ def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[s
     return f"{text}; weighted fusion, SASRec {s:.2f} / retriever {r:.2f}"
 
 
+def describe_sasrec_text(cfg: Config) -> str:
+    """What text SASRec itself uses ("" for ID-only SASRec), for the model's label."""
+    parts = []
+    if cfg.sasrec_item_text != "none":
+        parts.append(f"item text inside ({cfg.sasrec_item_text})")
+    if cfg.sasrec_user_text_weight > 0:
+        parts.append(f"user-text distillation (weight {cfg.sasrec_user_text_weight:g})")
+    return (", with " + " and ".join(parts)) if parts else ", ID only"
+
+
 def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | None,
                     splits: tuple[Split, ...] = ("valid", "test"),
                     alone: torch.nn.Module | None = None,
@@ -161,8 +171,9 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
                            "seconds": {}, "paired_test": {},
                            "final_selection": selection,
                            "models": {"ur4rec": describe_fused(model, cfg, selection),
-                                      "sasrec": "SASRec trained alone (best pretrain_sasrec checkpoint)" if alone
-                                      is not None else "the final model's SASRec branch",
+                                      "sasrec": ("SASRec trained alone (best pretrain_sasrec checkpoint)" if alone
+                                                 is not None else "the final model's SASRec branch")
+                                      + describe_sasrec_text(cfg),
                                       "retriever": "the retriever trained alone on frozen SASRec (best "
                                       "pretrain_retriever checkpoint)" if alone is not None
                                       else "the final model's retriever branch",

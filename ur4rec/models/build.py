@@ -25,7 +25,10 @@ def build_model(cfg: Any, num_users: int, num_items: int, user_text_emb: torch.T
                 where="build_model", fix="rebuild the texts for this prepared dataset (`ur4rec texts`) or set "
                 "text_embedding_dim to the encoder's dimension")
     sasrec = SASRec(num_items, cfg.sasrec_hidden_dim, cfg.sasrec_num_blocks, cfg.sasrec_num_heads,
-                    cfg.sasrec_dropout, cfg.max_seq_len, positions=cfg.sasrec_positions)
+                    cfg.sasrec_dropout, cfg.max_seq_len, positions=cfg.sasrec_positions,
+                    item_text=cfg.sasrec_item_text, item_text_emb=item_text_emb,
+                    text_components=cfg.sasrec_text_components, user_text_emb=user_text_emb,
+                    user_text_weight=cfg.sasrec_user_text_weight)
     retriever = TextPreferenceRetrieverMoE(user_text_emb, item_text_emb, cfg.retriever_output_dim, cfg.moe_num_heads,
                                            cfg.moe_dropout, cfg.moe_num_proxies, max_memory_size=0)
     model = UR4RecV2MoE(sasrec, retriever, cfg.fusion_method, cfg.sasrec_weight, cfg.retriever_weight)

@@ -15,7 +15,12 @@ No ``nan_to_num``: the NaN cannot arise.
 Hyperparameters (config keys): ``sasrec_hidden_dim`` (H), ``sasrec_num_blocks``,
 ``sasrec_num_heads`` (must divide H), ``sasrec_dropout`` (embedding, attention and FFN dropout,
 with ``FastDropout``'s cheaper masks), ``max_seq_len`` (L), ``sasrec_positions`` (position ids
-counted from the latest item or, as RecBole, from the first).
+counted from the latest item or, as RecBole, from the first), ``sasrec_item_text`` and
+``sasrec_text_components`` (item text in the item vectors, ``ur4rec.models.item_text``),
+``sasrec_user_text_weight`` (the user-text distillation loss, ``UserTextDistillation``).
+
+Item vectors: ``item_vectors()`` [N+1, H] is both the input and the output embedding; with
+``sasrec_item_text: none`` it is ``item_embedding.weight`` itself.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ur4rec.models.dropout import FastDropout, fast_dropout
+from ur4rec.models.item_text import ItemTextFusion, check_text_rows, id_dimension, whitened_components
 
 
 class SASRecBlock(nn.Module):
@@ -75,10 +81,30 @@ def attention_mask(input_seq: torch.Tensor) -> torch.Tensor:
     return (causal & keys) | eye  # every row has at least its diagonal: never fully masked
 
 
+class UserTextDistillation(nn.Module):
+    """User text as a training signal only: a linear head maps SASRec's representation at each
+    training target to the user's preference-text embedding; the loss is ``weight`` x (1 - cosine).
+    The head is never used at inference, so scoring costs what ID-only SASRec costs. The texts are
+    the audited, leak-free ones (built from training interactions only), so nothing held out enters."""
+
+    def __init__(self, user_text_emb: torch.Tensor, hidden_dim: int, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.register_buffer("target", F.normalize(user_text_emb.float(), dim=-1), persistent=False)
+        self.head = nn.Linear(hidden_dim, user_text_emb.shape[1])
+
+    def loss(self, h: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """``h`` [P, H] representations of ``users`` [P] -> weight x mean(1 - cos(head(h), text))."""
+        cos = (F.normalize(self.head(h).float(), dim=-1) * self.target[users]).sum(-1)
+        return self.weight * (1.0 - cos).mean()
+
+
 class SASRec(nn.Module):
     def __init__(self, num_items: int, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 2,
                  dropout: float = 0.2, max_seq_len: int = 50, init_std: float = 0.02,
-                 positions: str = "from_end") -> None:
+                 positions: str = "from_end", item_text: str = "none", item_text_emb: torch.Tensor | None = None,
+                 text_components: int = 32, user_text_emb: torch.Tensor | None = None,
+                 user_text_weight: float = 0.0) -> None:
         super().__init__()
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
@@ -86,13 +112,30 @@ class SASRec(nn.Module):
             raise ValueError(f"positions must be 'from_end' or 'from_start', got {positions!r}")
         self.positions = positions
         self.num_items, self.hidden_dim, self.max_seq_len = num_items, hidden_dim, max_seq_len
-        self.item_embedding = nn.Embedding(num_items + 1, hidden_dim, padding_idx=0)
+        self.item_text_mode = item_text
+        id_dim = id_dimension(hidden_dim, item_text, text_components)
+        self.item_embedding = nn.Embedding(num_items + 1, id_dim, padding_idx=0)  # the learned ID vectors
         self.position_embedding = nn.Embedding(max_seq_len, hidden_dim)
         self.emb_dropout = FastDropout(dropout)
         self.blocks = nn.ModuleList(SASRecBlock(hidden_dim, num_heads, dropout) for _ in range(num_blocks))
         self.final_ln = nn.LayerNorm(hidden_dim)
         self.init_std = init_std
         self.apply(self._init)
+        # text parts are built after the ID-only model's initialisation: with none (and no distillation)
+        # the random stream, and so every initial weight, is what it was before they existed
+        self.item_text = None
+        if item_text != "none":
+            text = check_text_rows(item_text_emb, num_items, item_text)
+            if item_text == "init":
+                with torch.no_grad():
+                    self.item_embedding.weight.copy_(whitened_components(text, hidden_dim) * init_std)
+            else:
+                self.item_text = ItemTextFusion(text, hidden_dim, item_text, text_components, init_std)
+        self.user_text = None
+        if user_text_weight > 0:
+            if user_text_emb is None:
+                raise ValueError("sasrec_user_text_weight > 0 needs the user text embeddings")
+            self.user_text = UserTextDistillation(user_text_emb, hidden_dim, user_text_weight)
 
     def _init(self, m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -113,7 +156,13 @@ class SASRec(nn.Module):
         length = input_seq.shape[1]
         return torch.arange(self.max_seq_len - length, self.max_seq_len, device=input_seq.device)
 
-    def forward(self, input_seq: torch.Tensor, last_only: bool = False, last_k: int | None = None) -> torch.Tensor:
+    def item_vectors(self) -> torch.Tensor:
+        """[N+1, H] item vectors, input and output embedding alike (row 0 = padding = zeros)."""
+        ids = self.item_embedding.weight
+        return ids if self.item_text is None else self.item_text(ids)
+
+    def forward(self, input_seq: torch.Tensor, last_only: bool = False, last_k: int | None = None,
+                item_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states for every position: [B, L, H] (padded positions are zero).
 
         ``last_only``: only the last position's, [B, 1, H]; ``last_k``: the last k positions',
@@ -125,9 +174,10 @@ class SASRec(nn.Module):
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
-        keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
+        vectors = self.item_vectors() if item_vectors is None else item_vectors
+        keep = (input_seq != 0).unsqueeze(-1).to(vectors.dtype)
         pos = self.position_embedding(self.position_ids(input_seq))
-        x = self.item_embedding(input_seq) * self.hidden_dim**0.5 + pos
+        x = F.embedding(input_seq, vectors) * self.hidden_dim**0.5 + pos
         x = self.emb_dropout(x) * keep
         mask = attention_mask(input_seq)
         for i, block in enumerate(self.blocks):
@@ -142,7 +192,7 @@ class SASRec(nn.Module):
         """Attention probabilities of every block and head: [B, blocks, heads, L, L] (for plots)."""
         length = input_seq.shape[1]
         keep = (input_seq != 0).unsqueeze(-1).float()
-        x = (self.item_embedding(input_seq) * self.hidden_dim**0.5
+        x = (F.embedding(input_seq, self.item_vectors()) * self.hidden_dim**0.5
              + self.position_embedding(self.position_ids(input_seq))) * keep
         mask = attention_mask(input_seq)
         maps = []
@@ -161,15 +211,15 @@ class SASRec(nn.Module):
     def predict(self, input_seq: torch.Tensor, candidate_items: torch.Tensor) -> torch.Tensor:
         """Scores of given candidates: [B, C]."""
         user = self.user_representation(input_seq)
-        return (self.item_embedding(candidate_items) * user.unsqueeze(1)).sum(-1)
+        return (F.embedding(candidate_items, self.item_vectors()) * user.unsqueeze(1)).sum(-1)
 
     def full_sort_predict(self, input_seq: torch.Tensor) -> torch.Tensor:
         """Scores of the whole catalogue with one matmul: [B, num_items + 1] (column 0 = padding)."""
-        return self.user_representation(input_seq) @ self.item_embedding.weight.T
+        return self.user_representation(input_seq) @ self.item_vectors().T
 
     def calculate_loss(self, input_seq: torch.Tensor, target_seq: torch.Tensor, loss_type: str = "ce",
                        neg_items: torch.Tensor | None = None, last_only: bool = False,
-                       last_k: int | None = None) -> torch.Tensor:
+                       last_k: int | None = None, users: torch.Tensor | None = None) -> torch.Tensor:
         """Next-item loss over every non-padded position (target 0 = ignore).
 
         ``ce``: softmax over the whole catalogue (padding column excluded). ``bpr``:
@@ -177,6 +227,7 @@ class SASRec(nn.Module):
         margins. ``bce``: binary cross-entropy with logits on the positive and the negative.
         ``last_only`` / ``last_k``: the targets sit in the last column / last k columns only
         (``training_prefixes`` with group 1 / k), so only those positions are computed.
+        ``users`` [B]: each row's user, for the user-text distillation term when it is on.
         """
         k = 1 if last_only else last_k
         if k:
@@ -185,19 +236,30 @@ class SASRec(nn.Module):
                                  "use last_k=None for training_windows samples")
             target_seq = target_seq[:, -k:]
             neg_items = None if neg_items is None else neg_items[:, -k:]
-        hidden = self.forward(input_seq, last_k=k)
+        vectors = self.item_vectors()
+        hidden = self.forward(input_seq, last_k=k, item_vectors=vectors)
         valid = target_seq != 0
         h = hidden[valid]  # [P, H]
-        pos = target_seq[valid]
+        extra = 0.0
+        if self.user_text is not None:
+            if users is None:
+                raise ValueError("user-text distillation is on (sasrec_user_text_weight > 0): pass users [B]")
+            extra = self.user_text.loss(h, users[:, None].expand_as(target_seq)[valid])
+        return self.next_item_loss(h, target_seq[valid], vectors, loss_type,
+                                   None if neg_items is None else neg_items[valid]) + extra
+
+    @staticmethod
+    def next_item_loss(h: torch.Tensor, pos: torch.Tensor, vectors: torch.Tensor, loss_type: str,
+                       neg: torch.Tensor | None) -> torch.Tensor:
+        """The next-item loss of P representations [P, H] against their targets [P]."""
         if loss_type == "ce":
-            logits = h @ self.item_embedding.weight.T
+            logits = h @ vectors.T
             logits[:, 0] = float("-inf")  # padding is never a target
             return F.cross_entropy(logits, pos)
-        if neg_items is None:
+        if neg is None:
             raise ValueError(f"loss_type={loss_type!r} needs neg_items [B, L]")
-        neg = neg_items[valid]
-        pos_s = (h * self.item_embedding(pos)).sum(-1)
-        neg_s = (h * self.item_embedding(neg)).sum(-1)
+        pos_s = (h * F.embedding(pos, vectors)).sum(-1)
+        neg_s = (h * F.embedding(neg, vectors)).sum(-1)
         if loss_type == "bpr":
             return -F.logsigmoid(pos_s - neg_s).mean()
         if loss_type == "bce":

@@ -109,7 +109,7 @@ class UR4RecV2MoE(nn.Module):
         position in the user's training sequence (None: a held-out prediction); with
         ``user_memory_update`` a training forward writes the retriever's user memory."""
         sasrec_user = self.sasrec.user_representation(input_seq)
-        sasrec_scores = (self.sasrec.item_embedding(candidate_items) * sasrec_user.unsqueeze(1)).sum(-1)
+        sasrec_scores = (self.sasrec.item_vectors()[candidate_items] * sasrec_user.unsqueeze(1)).sum(-1)
         retr = self.retriever(user_ids, candidate_items, input_seq=input_seq, target_positions=target_positions,
                               user_memory_update=user_memory_update)
         w = self.fusion_weights(user_ids, input_seq, sasrec_user, retr["user"])

@@ -44,7 +44,7 @@ ORIGIN_LABEL = {"template": "template text (not LLM-written)", "llm": "LLM-gener
 def make_source(cfg: Config, **kwargs: Any) -> PreferenceTextSource:
     """The text source ``cfg.text_source`` names (``kwargs`` go to its constructor, e.g. backoff_base)."""
     if cfg.text_source == "template":
-        return TemplateSource()
+        return TemplateSource(demographics=cfg.template_demographics)
     if cfg.text_source == "openai":
         return OpenAISource(cfg, **kwargs)
     if cfg.text_source == "transformers":

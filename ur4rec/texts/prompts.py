@@ -54,6 +54,11 @@ class TrainingView:
         return items
 
     @cached_property
+    def users(self) -> pd.DataFrame:
+        """The users table (age, gender, occupation where the dataset has them), indexed by user id."""
+        return self.data.users.set_index("user").sort_index()
+
+    @cached_property
     def train(self) -> pd.DataFrame:
         inter = self.data.interactions
         train = inter[inter["split"] == "train"][["user", "item", "rating", "position"]]

@@ -26,17 +26,37 @@ def _title(title: str, year) -> str:
     return f"{title} ({int(year)})" if year is not None and not pd.isna(year) else str(title)
 
 
-def user_text(view: TrainingView, user: int) -> str:
+def demographics_text(view: TrainingView, user: int) -> str:
+    """"Age 24, male, technician." from the users table (what is missing is left out; "" if nothing)."""
+    if int(user) not in view.users.index:
+        return ""
+    row = view.users.loc[int(user)]
+    parts = []
+    if "age" in row and not pd.isna(row["age"]):
+        parts.append(f"Age {int(row['age'])}")
+    gender = {"M": "male", "F": "female"}.get(str(row.get("gender", "")).strip().upper())
+    if gender:
+        parts.append(gender)
+    occupation = row.get("occupation")
+    if occupation is not None and not pd.isna(occupation) and str(occupation).strip().lower() not in ("", "none"):
+        parts.append(str(occupation).strip())
+    return (", ".join(parts) + ".") if parts else ""
+
+
+def user_text(view: TrainingView, user: int, demographics: bool = False) -> str:
+    """The user's template text from their training prefix; ``demographics``: their age, gender and
+    occupation too (from the users table: static, nothing held out)."""
     rows = view.user_rows(user)
+    about = demographics_text(view, user) if demographics else ""
     if len(rows) == 0:
-        return "Viewer profile (template): no training history."
+        return " ".join(p for p in ("Viewer profile (template): no training history.", about) if p)
     genres = Counter(g for gs in rows["genres"] for g in str(gs).split("|") if g)
     top_g = sorted(genres.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_GENRES]
     decades = Counter(int(y) // 10 * 10 for y in rows["year"] if y is not None and not pd.isna(y))
     top_d = sorted(decades.items(), key=lambda kv: (-kv[1], -kv[0]))[:TOP_DECADES]
     # best rated first; among equal ratings the most recent first
     best = rows.sort_values(["rating", "position"], ascending=[False, False], kind="stable").head(TOP_TITLES)
-    parts = [f"Viewer profile (template), {len(rows)} films."]
+    parts = [f"Viewer profile (template), {len(rows)} films."] + ([about] if about else [])
     if top_g:
         parts.append("Top genres: " + ", ".join(f"{g} {n}" for g, n in top_g) + ".")
     if top_d:
@@ -60,13 +80,14 @@ def item_text(view: TrainingView, item: int) -> str:
 
 
 def template_texts(data: PreparedData, kind: Kind, ids: Sequence[int] | None = None,
-                   view: TrainingView | None = None) -> list[str]:
+                   view: TrainingView | None = None, demographics: bool = False) -> list[str]:
     """Template texts for ``ids`` (default: every user 0..U-1, or every item 1..N)."""
     view = view or TrainingView(data)
     if ids is None:
         ids = range(data.num_users) if kind == "user" else range(1, data.num_items + 1)
-    fn = user_text if kind == "user" else item_text
-    return [fn(view, i) for i in ids]
+    if kind == "user":
+        return [user_text(view, i, demographics) for i in ids]
+    return [item_text(view, i) for i in ids]
 
 
 class TemplateSource(PreferenceTextSource):
@@ -74,13 +95,16 @@ class TemplateSource(PreferenceTextSource):
     model = "template"
     origin = "template"
 
-    def __init__(self) -> None:
+    def __init__(self, demographics: bool = False) -> None:
         super().__init__()
+        self.demographics = demographics
         self._views: dict[int, TrainingView] = {}
 
     def prompt_hash(self) -> str:
-        return sha256_json({"version": TEMPLATE_VERSION, "genres": TOP_GENRES, "decades": TOP_DECADES,
-                            "titles": TOP_TITLES})[:16]
+        spec = {"version": TEMPLATE_VERSION, "genres": TOP_GENRES, "decades": TOP_DECADES, "titles": TOP_TITLES}
+        if self.demographics:  # only when on, so the texts without demographics keep their cache
+            spec["demographics"] = True
+        return sha256_json(spec)[:16]
 
     def view(self, data: PreparedData) -> TrainingView:
         if id(data) not in self._views:
@@ -90,6 +114,6 @@ class TemplateSource(PreferenceTextSource):
     def generate(self, data: PreparedData, kind: Kind, ids: Sequence[int], on_result: OnResult,
                  progress: bool = True) -> None:
         view = self.view(data)
-        fn = user_text if kind == "user" else item_text
         for i in ids:
-            on_result(int(i), fn(view, i), {})
+            text = user_text(view, i, self.demographics) if kind == "user" else item_text(view, i)
+            on_result(int(i), text, {})

@@ -231,7 +231,7 @@ class JointTrainer:
         device = next(self.model.sasrec.parameters()).device.type
         with torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.sasrec_precision == "bf16"):
             return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg,
-                                                    last_k=last_k)
+                                                    last_k=last_k, users=users)
 
     def candidates(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """[positive, negatives...] per window for the per-pair losses.
