@@ -216,7 +216,11 @@ def collect(root: Path, rows: list[str], seeds: list[int]) -> dict[str, Any]:
     complete = [r for r, e in table.items() if e["seeds"] == sorted(seeds)]
     winner = max(complete, key=lambda r: table[r]["valid ndcg@10"]["mean"]) if complete else None
     threads = sorted({rec["threads"] for by_seed in records.values() for rec in by_seed.values()})
-    return {"rows": table, "winner_on_validation": winner, "threads": threads,
+    # the JSON file sorts keys: these lists keep the table's row order and the curve's x order
+    lengths = [k for k in ("1", "2", "3", "5", "10", "all") if any(k in e.get("cold_start_curve", {})
+                                                                   for e in table.values())]
+    return {"rows": table, "row_order": list(table), "history_lengths": lengths,
+            "winner_on_validation": winner, "threads": threads,
             "rare_target_max_count": RARE_MAX_COUNT}
 
 

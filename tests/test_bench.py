@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.sasrec_patches import PATCHES  # noqa: E402
 from bench.sasrec_variants import parse_variant  # noqa: E402
+from ur4rec.evaluation.ablations import text_ablation_curve, text_ablation_table  # noqa: E402
 
 
 def test_parse_variant() -> None:
@@ -76,6 +77,11 @@ def test_text_ablation_runs_each_row_resumes_and_aggregates(tmp_path: Path) -> N
     record = json.loads((tmp_path / "runs" / "late-fusion-2020" / "ablation.json").read_text())
     assert record["sasrec_from"] == str(tmp_path / "runs" / "sasrec-2020")
     assert (tmp_path / "text_ablation.md").read_text().count("| item-init |") == 3  # table, curve, segments
+    table = text_ablation_table(tmp_path / "text_ablation.json")  # what notebook 05 shows
+    assert list(table.index) == list(rows)
+    assert table["chosen on validation"].tolist() == [r == result["winner_on_validation"] for r in rows]
+    curve = text_ablation_curve(tmp_path / "text_ablation.json")
+    assert list(curve.index) == ["sasrec", "item-init"] and list(curve.columns) == ["1", "2", "3", "5", "10", "all"]
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "training" not in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == rows

@@ -23,6 +23,7 @@ def test_there_are_notebooks() -> None:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_is_committed_clean_with_parameters(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)  # e.g. cell ids in a 4.4 notebook: JupyterLab and nbconvert warn or refuse
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "strip outputs (nbstripout)"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]

@@ -137,3 +137,43 @@ def memory_ablation_table(path: Path = MEMORY_ABLATION) -> pd.DataFrame:
         rows.append({"row": "on − off (paired, per-user mean over seeds)", "model": ABLATION_MODELS[model],
                      "ndcg@10": f"{test['mean_difference']:+.4f} (p = {test['p_value']:.3f})"})
     return pd.DataFrame(rows).set_index(["row", "model"])
+
+
+#: Where ``bench/text_ablation.py`` publishes.
+TEXT_ABLATION = PROJECT_ROOT / "bench" / "results" / "text_ablation.json"
+
+
+def _missing(path: Path) -> pd.DataFrame:
+    return pd.DataFrame({"note": [f"{path.name} not found: run `python bench/text_ablation.py --jobs 2` "
+                                  "(rows x seeds; its docstring gives the protocol and cost)"]})
+
+
+def text_ablation_table(path: Path = TEXT_ABLATION) -> pd.DataFrame:
+    """Every way text enters, as measured by ``bench/text_ablation.py``: per row, validation and test
+    NDCG@10 / Hit@10 / MRR@10 (mean ± std over seeds), the paired test against ID-only SASRec, and
+    whether validation picked it. A missing results file gives a one-row note saying how to make it."""
+    if not path.is_file():
+        return _missing(path)
+    result = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for name in result["row_order"]:
+        row = result["rows"][name]
+        cells = {f"test {m}": f"{row[f'test {m}']['mean']:.4f} ± {row[f'test {m}']['std']:.4f}"
+                 for m in ("ndcg@10", "hit@10", "mrr@10")}
+        test = row.get("paired_vs_sasrec")
+        vs = f"{test['mean_difference']:+.4f} (p = {test['p_value']:.3f})" if test else ""
+        rows.append({"row": name, "seeds": len(row["seeds"]), "valid ndcg@10": f"{row['valid ndcg@10']['mean']:.4f}",
+                     **cells, "vs sasrec": vs, "chosen on validation": name == result["winner_on_validation"]})
+    return pd.DataFrame(rows).set_index("row")
+
+
+def text_ablation_curve(path: Path = TEXT_ABLATION) -> pd.DataFrame:
+    """The cold-start curve of ``bench/text_ablation.py``: rows x history lengths, mean test NDCG@10
+    (empty when there are no results yet)."""
+    if not path.is_file():
+        return pd.DataFrame()
+    result = json.loads(path.read_text(encoding="utf-8"))
+    curves = {name: result["rows"][name]["cold_start_curve"] for name in result["row_order"]
+              if "cold_start_curve" in result["rows"][name]}
+    return pd.DataFrame({name: [c[k]["mean"] for k in result["history_lengths"]] for name, c in curves.items()},
+                        index=result["history_lengths"]).T

@@ -107,3 +107,15 @@ def fusion_sweep_chart(table: pd.DataFrame) -> go.Figure:
     fig.update_layout(title="Fused NDCG@10 vs the text branch's weight (0 = SASRec's ranking)",
                       xaxis_title="retriever weight", yaxis_title="NDCG@10")
     return fig
+
+
+def cold_start_chart(curve: pd.DataFrame) -> go.Figure:
+    """Test NDCG@10 against the number of history items each user is scored from, one line per row
+    (``ur4rec.evaluation.ablations.text_ablation_curve``; empty figure if there is no curve yet)."""
+    fig = go.Figure()
+    for row, values in curve.iterrows():
+        fig.add_trace(go.Scatter(x=[str(k) for k in values.index], y=values.values, mode="lines+markers",
+                                 name=str(row)))
+    fig.update_layout(title="Cold start: test NDCG@10 from only the last k history items",
+                      xaxis_title="history items shown (k)", yaxis_title="NDCG@10", xaxis_type="category")
+    return fig
