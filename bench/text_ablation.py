@@ -12,6 +12,9 @@ Rows (``ROWS``; config overrides of ``configs/ur4rec_moe_100k.yaml``):
 - ``late-fusion``: UR4Rec V2 MoE, the reference system: the retriever stages on top of the seed's
   ``sasrec`` run, the final model chosen on validation (``final_model_selection``). Memory on/off of
   this row is ``bench/memory_ablation.py`` (same seeds, same protocol).
+- ``feature-fusion``: the UR4Rec paper's own integration (``fusion_method: feature``): the retriever's
+  candidate-conditioned preference vector as a feature of SASRec's scorer, learned in end_to_end;
+  trained like ``late-fusion`` on top of the seed's ``sasrec`` run.
 
 Every SASRec-family row gets the same recipe and budget as the baseline (15 epochs, its best
 validation epoch kept). Per (row, seed) the run folder ``ROOT/<row>-<seed>/`` keeps ``ablation.json``
@@ -24,12 +27,13 @@ fusion: two-stage over SASRec's top-R), mean ± std over seeds and per-seed 95% 
 paired test against ``sasrec`` averages each user's difference over the seeds first (users repeat
 across seeds). The winner is the row with the best mean *validation* NDCG@10; test is reported,
 never chosen on. Cold start: every user scored from only the last k history items (k = 1, 2, 3, 5,
-10, all; ``ur4rec.evaluation.segments``), for the rows whose inference reads no user text. Segments:
+10, all; ``ur4rec.evaluation.segments``), for the rows whose inference reads no user text (not
+the two fusion rows: their user text summarises the whole history). Segments:
 targets with ≤ 10 training interactions, and the shortest-history quartile of users.
 
 Cost: one SASRec training per (SASRec-family row, seed), ~10 min of both cores each (15 epochs at
 ~45 s on 2 threads; two 1-thread runs in parallel take about as long together), plus ~3 min per
-late-fusion run: 7 rows × 5 seeds is ~5 h on this 2-core machine.
+late-fusion or feature-fusion run: 8 rows × 5 seeds is ~5 h on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -81,8 +85,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "user-distill": {"sasrec_user_text_weight": DISTILL_WEIGHT},
     "user-distill-demo": {"sasrec_user_text_weight": DISTILL_WEIGHT, "template_demographics": True},
     "late-fusion": {},
+    "feature-fusion": {"fusion_method": "feature"},
 }
-LATE_FUSION = {"late-fusion"}  # rows trained on top of the seed's sasrec run
+LATE_FUSION = {"late-fusion", "feature-fusion"}  # rows trained on top of the seed's sasrec run
 RARE_MAX_COUNT = 10
 
 

@@ -461,3 +461,29 @@ def test_last_k_pass_equals_the_full_pass_in_eval_mode(k: int) -> None:
     if k < L:
         with pytest.raises(ValueError, match=f"before its last {k} column"):
             model.calculate_loss(seq, torch.where(seq != 0, 1, 0), last_k=k)
+
+
+def test_feature_fusion_starts_as_sasrec_alone_and_then_scores_consistently() -> None:
+    """fusion_method: feature (the UR4Rec paper's integration): score = <h_u + P z(u, i), e_i>. With P at
+    its zero initialisation the fused model ranks exactly as SASRec; once P is trained the candidates'
+    scores equal the matching columns of the exact catalogue scores, and the fused loss reaches P,
+    the retriever and SASRec."""
+    model = _model(fusion_method="feature", max_memory_size=0).eval()
+    users, seq = torch.arange(6), _seq(6, min_len=1)
+    cands = torch.randint(1, N + 1, (6, 5), generator=torch.Generator().manual_seed(1))
+    sasrec = model.sasrec.full_sort_predict(seq)
+    # (the zero feature term adds exactly 0; the tolerance is only a product summed vs a matmul)
+    assert torch.allclose(model(users, seq, cands)["scores"], sasrec.gather(1, cands), atol=1e-6)
+    full = model.full_sort_predict(users, seq)
+    assert torch.allclose(full[:, 1:], sasrec[:, 1:], atol=1e-6) and torch.isinf(full[:, 0]).all()
+    assert list(model.fusion_parameters()) == [model.feature.weight]
+    with torch.no_grad():
+        model.feature.weight.normal_(std=0.5)
+    scores = model(users, seq, cands)["scores"]
+    assert not torch.allclose(scores, sasrec.gather(1, cands))  # the retriever's vectors now count
+    assert torch.allclose(scores, model.full_sort_predict(users, seq, chunk_size=7).gather(1, cands), atol=1e-5)
+    model.train()
+    loss = nn.functional.cross_entropy(model(users, seq, cands)["scores"], torch.zeros(6, dtype=torch.long))
+    loss.backward()
+    for part in (model.feature.weight, model.retriever.item_id.weight, model.sasrec.item_embedding.weight):
+        assert part.grad is not None and part.grad.abs().sum() > 0

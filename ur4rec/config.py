@@ -141,7 +141,9 @@ class Config(BaseModel):
     decay_factor: float = Field(0.95, gt=0, le=1)
 
     # ---- fusion (original keys) --------------------------------------------------------------
-    fusion_method: Literal["weighted", "learned", "adaptive"] = "weighted"
+    #: "feature": the UR4Rec paper's integration, the retriever's candidate-conditioned preference vector
+    #: as a feature of SASRec's scorer (ur4rec.models.ur4rec_v2), learned in end_to_end.
+    fusion_method: Literal["weighted", "learned", "adaptive", "feature"] = "weighted"
     sasrec_weight: float = Field(0.5, ge=0)
     retriever_weight: float = Field(0.5, ge=0)
     #: Which model final.pt holds. "last_stage": the last stage's best checkpoint, fused with

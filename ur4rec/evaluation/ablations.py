@@ -67,10 +67,11 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
 
     ``checkpoints`` maps stage name -> model state dict, in stage order; pretrain_sasrec's is left
     out when others exist (its retriever is untrained: any "gain" from it is noise). Weighted
-    fusion tries every weight of ``cfg.fusion_weight_grid`` and 0; learned/adaptive fusion keep
+    fusion tries every weight of ``cfg.fusion_weight_grid`` and 0; learned/adaptive/feature fusion keep
     their own weights. The best pair on validation NDCG@10 (ties: earlier stage, smaller weight)
-    must also beat the *baseline* — the first candidate at weight 0, i.e. SASRec alone with the
-    default stages — in a paired permutation test over validation users at level
+    must also beat the *baseline* — the first candidate at weight 0 (feature fusion: the first
+    candidate, whose feature projection is still zero), i.e. SASRec alone with the default stages —
+    in a paired permutation test over validation users at level
     ``cfg.final_model_alpha``; otherwise the baseline is kept. Picking the maximum of many noisy
     validation scores overstates the winner; this keeps the text branch and the joint stages only
     where validation shows a real gain. Test is never looked at.
@@ -98,16 +99,21 @@ def select_final_model(model: torch.nn.Module, data: PreparedData, cfg: Config,
     record: dict[str, Any] = {"metric": "valid ndcg@10 (fused, two-stage)", "table": table,
                               "best_on_validation": best_pair}
     baseline = next(iter(candidates))
-    if weighted and (stage, weight) != (baseline, 0.0):
+    # SASRec alone: the first candidate at weight 0 (weighted), or the first candidate itself with
+    # feature fusion (its feature projection is zero until end_to_end trains it)
+    alone_weight = {"weighted": 0.0, "feature": None}
+    has_alone = model.fusion_method in alone_weight
+    base_weight = alone_weight.get(model.fusion_method)
+    if has_alone and (stage, weight) != (baseline, base_weight):
         model.load_state_dict(candidates[stage])
         chosen = _valid_ndcg_per_user(model, data, cfg, weight)
         model.load_state_dict(candidates[baseline])
-        base = _valid_ndcg_per_user(model, data, cfg, 0.0)
+        base = _valid_ndcg_per_user(model, data, cfg, base_weight)
         test = paired_permutation_test(chosen, base, seed=cfg.seed)
         record["paired_test_vs_baseline"] = test | {"alpha": cfg.final_model_alpha,
-                                                    "baseline": {"stage": baseline, "retriever_weight": 0.0}}
+                                                    "baseline": {"stage": baseline, "retriever_weight": base_weight}}
         if not (test["mean_difference"] > 0 and test["p_value"] < cfg.final_model_alpha):
-            stage, weight, value = baseline, 0.0, table[baseline]["0.0"]
+            stage, weight, value = baseline, base_weight, table[baseline][str(base_weight)]
     model.load_state_dict(candidates[stage])
     if weight is not None:
         set_retriever_weight(model, weight)

@@ -131,9 +131,12 @@ def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[s
         kept = test is not None and (best.get("stage"), best.get("retriever_weight")) != (
             selection["stage"], selection["retriever_weight"])
         if kept:
-            text = (f"the final model: the {selection['stage']} checkpoint at retriever weight 0 (SASRec's ranking), "
-                    f"kept because the best pair on validation ({best['stage']}, retriever weight "
-                    f"{best['retriever_weight']}, "
+            alone = ("at retriever weight 0" if selection["retriever_weight"] is not None
+                     else "whose feature projection is still zero")
+            text = (f"the final model: the {selection['stage']} checkpoint {alone} (SASRec's ranking), "
+                    f"kept because the best pair on validation ({best['stage']}, "
+                    + (f"retriever weight {best['retriever_weight']}, " if best.get("retriever_weight") is not None
+                       else "") +
                     f"{test['mean_difference']:+.4f}) was not significantly better (paired test p = "
                     f"{test['p_value']:.3f}, alpha {test['alpha']})")
         else:
@@ -141,6 +144,8 @@ def describe_fused(model: torch.nn.Module | None, cfg: Config, selection: dict[s
                     "on validation (final_model_selection)")
     else:
         text = "the final model (the last stage's best checkpoint)"
+    if getattr(model, "fusion_method", None) == "feature":
+        return f"{text}; feature fusion: the retriever's candidate-conditioned vectors inside SASRec's scorer"
     if model is None or getattr(model, "fusion_method", None) != "weighted":
         return text
     s, r = (float(x) for x in model.fixed_weights)

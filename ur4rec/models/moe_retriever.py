@@ -143,15 +143,17 @@ class TextPreferenceRetrieverMoE(nn.Module):
 
     # ---------------------------------------------------------------- pairwise part
     def _pairs(self, user: torch.Tensor, items: dict[str, torch.Tensor], user_attn: torch.Tensor,
-               router_user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores and routing weights; user-side tensors [B, 1, d], item-side [B, C, d] (broadcast)."""
+               router_user: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scores [B, C], routing weights [B, C, 3] and the candidate-conditioned preference vectors z
+        [B, C, d] (what ``fusion_method: feature`` feeds to the scorer); user-side tensors [B, 1, d],
+        item-side [B, C, d] (broadcast)."""
         c = items["c"]
         user_out = c + self.drop(self.expert_ffn[0](c + user_attn))
         weights = torch.softmax(self.router[2](F.gelu(items["router_item"] + router_user)), dim=-1)
         x = weights[..., 0:1] * user_out + weights[..., 1:2] * items["desc_out"] + weights[..., 2:3] * items["id_out"]
         z = x + self.drop(self._proxy_attention(x))
         score = F.cosine_similarity(z, user.expand_as(z), dim=-1) / self.log_temperature.exp()
-        return score, weights
+        return score, weights, z
 
     def _proxy_attention(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., d] attends over the shared proxies (keys/values computed once)."""
@@ -177,8 +179,8 @@ class TextPreferenceRetrieverMoE(nn.Module):
         # item parts once per distinct item, then gathered for every pair that uses it
         uniq, inverse = torch.unique(candidate_items, return_inverse=True)
         items = {k: v[inverse] for k, v in self.item_parts(uniq).items()}
-        scores, weights = self._pairs(user.unsqueeze(1), items, user_attn, router_user)
-        return {"scores": scores, "routing_weights": weights, "user": user, "memory": mem_stats}
+        scores, weights, pairs = self._pairs(user.unsqueeze(1), items, user_attn, router_user)
+        return {"scores": scores, "routing_weights": weights, "user": user, "memory": mem_stats, "pairs": pairs}
 
     def score(self, user_ids: torch.Tensor, candidate_items: torch.Tensor) -> torch.Tensor:
         return self.forward(user_ids, candidate_items)["scores"]
@@ -193,7 +195,7 @@ class TextPreferenceRetrieverMoE(nn.Module):
         for start in range(1, self.num_items + 1, chunk_size):
             items = torch.arange(start, min(start + chunk_size, self.num_items + 1))
             parts = {k: v.unsqueeze(0) for k, v in self.item_parts(items).items()}  # shared by all users
-            out[:, items], _ = self._pairs(user.unsqueeze(1), parts, user_attn, router_user)
+            out[:, items], _, _ = self._pairs(user.unsqueeze(1), parts, user_attn, router_user)
         return out
 
     # ---------------------------------------------------------------- naive reference

@@ -13,7 +13,12 @@ candidates are scored: ``forward`` on candidates equals the matching columns of
 
 Fusion methods (``fusion_method``): ``weighted`` — fixed ``sasrec_weight``/``retriever_weight``;
 ``learned`` — two learnable logits, softmaxed; ``adaptive`` — per-user weights from an MLP over
-both branches' user representations.
+both branches' user representations. These mix two *scores*. ``feature`` is the UR4Rec paper's own
+integration (Zhang, Zhu, Dou, COLING 2025): the retriever's candidate-conditioned preference vector
+z(u, i) enters SASRec's scorer as a feature, score = <h_u + P z(u, i), e_i>, with P learned in
+end_to_end together with both branches. P starts at zero, so before end_to_end the model scores
+exactly as SASRec alone, and what end_to_end adds is what joint training found. No score scales
+are involved (one scorer); like the retriever it is per pair, so it ranks the catalogue two-stage.
 
 A user with no history (an all-padding sequence) has no SASRec signal: their SASRec weight is set
 to 0, so the retriever alone scores them.
@@ -29,7 +34,7 @@ from torch import nn
 from ur4rec.models.moe_retriever import TextPreferenceRetrieverMoE
 from ur4rec.models.sasrec import SASRec
 
-FUSION_METHODS = ("weighted", "learned", "adaptive")
+FUSION_METHODS = ("weighted", "learned", "adaptive", "feature")
 
 
 class ScoreScale(nn.Module):
@@ -70,6 +75,10 @@ class UR4RecV2MoE(nn.Module):
         if fusion_method == "adaptive":
             h, d = sasrec.hidden_dim, retriever.dim
             self.adaptive = nn.Sequential(nn.Linear(h + d, d), nn.GELU(), nn.Linear(d, 2))
+        self.feature = None
+        if fusion_method == "feature":
+            self.feature = nn.Linear(retriever.dim, sasrec.hidden_dim, bias=False)
+            nn.init.zeros_(self.feature.weight)  # starts as SASRec alone
 
     # parameter groups for the trainer's two optimizers (together: every parameter exactly once)
     def sasrec_parameters(self) -> Iterator[nn.Parameter]:
@@ -83,6 +92,8 @@ class UR4RecV2MoE(nn.Module):
             yield self.fusion_logits
         if self.adaptive is not None:
             yield from self.adaptive.parameters()
+        if self.feature is not None:
+            yield from self.feature.parameters()
 
     def fusion_weights(self, user_ids: torch.Tensor, input_seq: torch.Tensor, sasrec_user: torch.Tensor,
                        retriever_user: torch.Tensor | None = None) -> torch.Tensor:
@@ -90,6 +101,8 @@ class UR4RecV2MoE(nn.Module):
         fusion reads the retriever's user vectors: ``retriever_user`` as the forward computed them
         (memory read at the targets' positions), else a held-out read."""
         b = len(user_ids)
+        if self.fusion_method == "feature":  # one scorer: both branches in full, no score mixing
+            return torch.ones(b, 2)
         if self.fusion_method == "weighted":
             w = self.fixed_weights.expand(b, 2)
         elif self.fusion_method == "learned":
@@ -109,12 +122,16 @@ class UR4RecV2MoE(nn.Module):
         position in the user's training sequence (None: a held-out prediction); with
         ``user_memory_update`` a training forward writes the retriever's user memory."""
         sasrec_user = self.sasrec.user_representation(input_seq)
-        sasrec_scores = (self.sasrec.item_vectors()[candidate_items] * sasrec_user.unsqueeze(1)).sum(-1)
+        item_vectors = self.sasrec.item_vectors()[candidate_items]
+        sasrec_scores = (item_vectors * sasrec_user.unsqueeze(1)).sum(-1)
         retr = self.retriever(user_ids, candidate_items, input_seq=input_seq, target_positions=target_positions,
                               user_memory_update=user_memory_update)
         w = self.fusion_weights(user_ids, input_seq, sasrec_user, retr["user"])
-        s_sasrec, s_retr = self.scale(sasrec_scores, retr["scores"])
-        scores = w[:, :1] * s_sasrec + w[:, 1:] * s_retr
+        if self.feature is not None:
+            scores = sasrec_scores + (self.feature(retr["pairs"]) * item_vectors).sum(-1)
+        else:
+            s_sasrec, s_retr = self.scale(sasrec_scores, retr["scores"])
+            scores = w[:, :1] * s_sasrec + w[:, 1:] * s_retr
         out = {"scores": scores}
         if return_components:
             out |= {"sasrec_scores": sasrec_scores, "retriever_scores": retr["scores"],
@@ -124,6 +141,13 @@ class UR4RecV2MoE(nn.Module):
     @torch.no_grad()
     def full_sort_predict(self, user_ids: torch.Tensor, input_seq: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
         """Exact fused scores of the whole catalogue: [B, N+1] (column 0 = -inf)."""
+        if self.feature is not None:  # per pair: the forward over item chunks
+            out = torch.full((len(user_ids), self.retriever.num_items + 1), float("-inf"))
+            for start in range(1, self.retriever.num_items + 1, chunk_size):
+                items = torch.arange(start, min(start + chunk_size, self.retriever.num_items + 1))
+                out[:, items] = self.forward(user_ids, input_seq, items.expand(len(user_ids), -1),
+                                             return_components=False)["scores"]
+            return out
         sasrec = self.sasrec.full_sort_predict(input_seq)[:, 1:]
         retr = self.retriever.full_catalogue_scores(user_ids, chunk_size)[:, 1:]
         w = self.fusion_weights(user_ids, input_seq, self.sasrec.user_representation(input_seq))
