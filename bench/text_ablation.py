@@ -33,7 +33,7 @@ targets with ≤ 10 training interactions, and the shortest-history quartile of 
 
 Cost: one SASRec training per (SASRec-family row, seed), ~10 min of both cores each (15 epochs at
 ~45 s on 2 threads; two 1-thread runs in parallel take about as long together), plus ~3 min per
-late-fusion or feature-fusion run: 8 rows × 5 seeds is ~5 h on this 2-core machine.
+late-fusion or feature-fusion run: 8 rows × 5 seeds is ~6 h on this 2-core machine.
 """
 
 from __future__ import annotations

@@ -589,3 +589,26 @@ def test_bf16_sasrec_loss_is_close_to_fp32_and_leaves_weights_and_gradients_fp32
         losses[precision] = float(loss.detach())
     assert losses["bf16"] != losses["fp32"]  # autocast did act
     assert abs(losses["bf16"] - losses["fp32"]) < 0.02 * losses["fp32"]
+
+
+def test_seeds_in_parallel_processes_equal_sequential_runs(tmp_path: Path, one_thread) -> None:
+    """``ur4rec evaluate --seeds 2 --jobs 2``: each seed trains in its own processes (one thread each)
+    and gets the same numbers as the same seeds trained one after another in one process on one
+    thread; the aggregate covers both and a second call reuses them."""
+    from ur4rec.config import CONFIG_DIR, load_config
+    from ur4rec.seeds import run_seeds
+
+    cfg = load_config(CONFIG_DIR / "quick.yaml", {"data_dir": str(tmp_path / "data"), "epochs_per_stage": 1,
+                                                   "sasrec_epochs": 1, "allow_download": False})
+    logs: list[str] = []
+    parallel = run_seeds(cfg, 2, tmp_path / "parallel", log=logs.append, jobs=2, threads=1)
+    assert "2 seed(s) to train, 2 at a time, 1 thread(s) each" in logs[0]
+    sequential = run_seeds(cfg, 2, tmp_path / "sequential", log=logs.append)
+    for s in (cfg.seed, cfg.seed + 1):
+        a, b = (json.loads((tmp_path / root / f"seed-{s}" / "eval.json").read_text())
+                for root in ("parallel", "sequential"))
+        assert a["full"] == b["full"] and a["trained_with"] == b["trained_with"]
+    assert parallel["full"] == sequential["full"]
+    logs.clear()
+    run_seeds(cfg, 2, tmp_path / "parallel", log=logs.append, jobs=2, threads=1)
+    assert "0 seed(s) to train" in logs[0]

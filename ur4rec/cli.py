@@ -98,8 +98,11 @@ def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
 
         cfg = load_config(args.config, args.overrides)
         summary = seeds.run_seeds(cfg, args.seeds, args.run_dir, progress=not args.json,
-                                  log=lambda m: print(m, file=sys.stderr))
+                                  log=lambda m: print(m, file=sys.stderr), jobs=args.jobs)
         return 0, summary, seeds.to_markdown(summary) + f"\nWritten: {Path(args.run_dir) / 'seeds.json'}, seeds.md"
+    if args.jobs != 1:
+        raise ConfigError(f"--jobs {args.jobs} applies only with --seeds: one run is one process.",
+                          where="ur4rec evaluate", fix="drop --jobs, or add --seeds K")
     if args.config or args.overrides:
         raise ConfigError("--config/--set apply only with --seeds: a single run is evaluated with its own config.yaml.",
                           where="ur4rec evaluate", fix="drop --config/--set, or add --seeds K")
@@ -164,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="load a checkpoint despite fingerprint differences")
     p_eval.add_argument("--seeds", type=int, default=None, metavar="K",
                         help="train and evaluate K seeds (config seed, seed+1, ...) and report mean ± std")
+    p_eval.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="with --seeds: train J seeds at once as separate processes, the cores divided "
+                             "between them (default 1: one after another)")
     _common(p_eval, config=True)
     p_eval.set_defaults(handler=cmd_evaluate)
 

@@ -5,22 +5,34 @@ Seed ``s`` of ``cfg.seed, cfg.seed + 1, …`` trains into ``<root>/seed-<s>/`` a
 config (same hash) and has its ``eval.json`` is reused, so an interrupted sweep continues where it
 stopped. The aggregate (``seeds.json``, ``seeds.md`` in ``root``) keeps every per-seed value beside
 the mean and the sample standard deviation, and counts the seeds on which fused UR4Rec beat SASRec.
+
+``jobs`` > 1 trains the seeds as separate processes (``ur4rec train`` then ``ur4rec evaluate`` per
+seed), ``jobs`` at a time, the cores divided between them (``threads`` each, default cores // jobs).
+What the processes share (prepared data, texts, their embeddings) is built here first, so they only
+read those caches. A seed's numbers equal a sequential run's on the same thread count (torch's float
+sums depend on the thread count, so say which one a number came from).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ur4rec.config import Config, config_from_dict, read_yaml
+from ur4rec.data.dataset import load_prepared
 from ur4rec.errors import ConfigError
 from ur4rec.evaluation.evaluate import evaluate_run
 from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
 from ur4rec.pipeline import train
+from ur4rec.texts.pipeline import load_text_embeddings
 
 
 def seed_runs(cfg: Config, k: int) -> list[Config]:
@@ -38,13 +50,42 @@ def _finished(run_dir: Path, cfg: Config) -> bool:
     return saved.hash() == cfg.hash()
 
 
+def run_seed_process(c: Config, run_dir: Path, threads: int) -> None:
+    """Train (resuming) and evaluate one seed in its own processes with ``threads`` threads."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    request = run_dir / "requested-config.yaml"
+    request.write_text(c.to_yaml(), encoding="utf-8")
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    cli = [sys.executable, "-m", "ur4rec.cli"]
+    for cmd in (["train", "--config", str(request), "--run-dir", str(run_dir), "--resume", "--json"],
+                ["evaluate", "--run-dir", str(run_dir), "--json"]):
+        done = subprocess.run(cli + cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise ConfigError(f"seed {c.seed}: `ur4rec {cmd[0]}` failed (exit {done.returncode}): "
+                              f"{done.stderr.strip()[-1500:]}", where=str(run_dir),
+                              fix="run that seed alone to see the whole error; finished seeds are kept")
+
+
 def run_seeds(cfg: Config, k: int, root: str | Path, progress: bool = False,
               log: Callable[[str], None] = print,
-              workspace_factory: Callable[[Config], Any] | None = None) -> dict[str, Any]:
+              workspace_factory: Callable[[Config], Any] | None = None, jobs: int = 1,
+              threads: int | None = None) -> dict[str, Any]:
     """Train + evaluate every seed (reusing finished ones), aggregate, write seeds.json/md.
 
-    ``workspace_factory(cfg)`` builds the data/texts/model for one seed (default: from the config)."""
+    ``workspace_factory(cfg)`` builds the data/texts/model for one seed (default: from the config).
+    ``jobs`` > 1: the seeds run as separate processes (see the module doc)."""
     root = Path(root)
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}.", where="--jobs", fix="pass e.g. --jobs 2")
+    if jobs > 1:
+        if workspace_factory is not None:
+            raise ValueError("workspace_factory builds workspaces in this process: it cannot serve --jobs > 1")
+        todo = [c for c in seed_runs(cfg, k) if not _finished(root / f"seed-{c.seed}", c)]
+        load_text_embeddings(cfg, load_prepared(cfg))  # shared caches built once, before the processes
+        per_job = threads or max(1, (os.cpu_count() or 1) // jobs)
+        log(f"{len(todo)} seed(s) to train, {jobs} at a time, {per_job} thread(s) each")
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(lambda c: run_seed_process(c, root / f"seed-{c.seed}", per_job), todo))
     per_seed: dict[int, dict[str, Any]] = {}
     for c in seed_runs(cfg, k):
         run_dir = root / f"seed-{c.seed}"
