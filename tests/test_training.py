@@ -15,7 +15,7 @@ from ur4rec.evaluation.scoring import validation_metric
 from ur4rec.models import build_model
 from ur4rec.pipeline import train
 from ur4rec.training import JointTrainer, NonFiniteTrainingError
-from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ur4rec.training.checkpoint import CheckpointError, load_checkpoint, run_fingerprint, save_checkpoint
 from ur4rec.training.run import Workspace, clean_run, embeddings_fingerprint
 from ur4rec.training.seeding import seed_everything
 
@@ -118,6 +118,23 @@ def test_checkpoint_from_another_config_is_refused_with_keys(small, tmp_path: Pa
         train(other.cfg, tmp_path / "r", workspace=other, progress=False, resume=True)
     assert set(err.value.differences) == {"sasrec_dropout", "sasrec_hidden_dim"}
     assert "sasrec_dropout" in str(err.value) and "--allow-mismatch" in str(err.value)
+
+
+def test_checkpoint_from_before_a_new_key_loads_at_its_default_only(small, tmp_path: Path) -> None:
+    """A key added to the config after a checkpoint was written is no difference while the run uses its
+    default (which keeps the old behaviour); set to anything else, it is."""
+    ws = small()
+    train(ws.cfg, tmp_path / "r", workspace=ws, progress=False, max_epochs=1)
+    ck = torch.load(tmp_path / "r" / "last.pt", weights_only=False)
+    for key in ("sasrec_item_text", "sasrec_user_text_weight"):  # as an older trainer wrote it
+        del ck["fingerprint"]["config"][key]
+    save_checkpoint(tmp_path / "old.pt", ck)
+    current = run_fingerprint(ws.cfg, ws.data.fingerprint, ws.text_fingerprint)
+    assert load_checkpoint(tmp_path / "old.pt", current)["model"].keys() == ck["model"].keys()
+    other = small(sasrec_item_text="init")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path / "old.pt", run_fingerprint(other.cfg, other.data.fingerprint, other.text_fingerprint))
+    assert set(err.value.differences) == {"sasrec_item_text"}
 
 
 def test_checkpoint_with_nan_is_refused_naming_the_tensor(small, tmp_path: Path) -> None:

@@ -407,3 +407,9 @@ def diff_configs(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, A
     """Keys whose values differ between two resolved configs: ``{key: (a_value, b_value)}``."""
     keys = sorted(set(a) | set(b))
     return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
+
+
+def config_default(key: str) -> Any:
+    """The default value of config key ``key`` (None for a key the config does not have)."""
+    field = Config.model_fields.get(key)
+    return None if field is None else field.get_default(call_default_factory=True)

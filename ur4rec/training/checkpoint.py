@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 import ur4rec
-from ur4rec.config import Config, diff_configs
+from ur4rec.config import Config, config_default, diff_configs
 from ur4rec.errors import UR4RecError
 from ur4rec.io import atomic_write_bytes, sha256_json
 
@@ -42,7 +42,7 @@ from ur4rec.io import atomic_write_bytes, sha256_json
 #: checkpoint stays valid when only these differ.
 NON_SEMANTIC_KEYS = {"data_dir", "runs_dir", "reports_dir", "profile", "num_workers", "data_path", "data_source",
                      "allow_download", "epochs_per_stage", "sasrec_epochs", "patience", "eval_ks", "exact_catalogue",
-                     "sampled_negatives", "sampled_strategy"}
+                     "sampled_negatives", "sampled_strategy", "device"}
 
 
 #: Environment variable naming the point at which the process kills itself (see the module docstring).
@@ -81,6 +81,8 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> d
     semantic = [{k: v for k, v in fp.get("config", {}).items() if k not in NON_SEMANTIC_KEYS}
                 for fp in (saved, current)]
     for key, pair in diff_configs(*semantic).items():
+        if key not in saved.get("config", {}) and pair[1] == config_default(key):
+            continue  # a key added after the checkpoint, at the default that keeps the old behaviour
         diffs[key] = pair
     for part in ("data", "texts", "code_version"):
         if saved.get(part) != current.get(part):
