@@ -94,10 +94,10 @@ RARE_MAX_COUNT = 10
 def row_config(row: str, seed: int, config: Path = DEFAULT_CONFIG, extra: list[str] | None = None) -> Config:
     """The row's config: ``config`` with the row's overrides, its stages and ``seed`` (``extra``: more
     overrides for every row, e.g. a data folder)."""
-    if row in LATE_FUSION:
-        sets = [f"stages=[{','.join(RETRIEVER_STAGES)}]"]
-    else:  # SASRec alone: its best validation epoch is the model (no fusion to choose)
-        sets = ["stages=[pretrain_sasrec]", "final_model_selection=last_stage"]
+    # SASRec alone: exactly `ur4rec train --set 'stages=[pretrain_sasrec]' --set seed=S` plus the row's
+    # keys (its best validation epoch, best-pretrain_sasrec.pt, is the model scored here)
+    stages = RETRIEVER_STAGES if row in LATE_FUSION else ["pretrain_sasrec"]
+    sets = [f"stages=[{','.join(stages)}]"]
     sets += [f"seed={seed}"] + [f"{k}={v}" for k, v in ROWS[row].items()] + list(extra or [])
     return load_config(config, sets)
 
