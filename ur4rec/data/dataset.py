@@ -40,10 +40,13 @@ class PreparedData:
             )
         meta = json.loads((path / "meta.json").read_text())
         inter = pd.read_csv(path / "interactions.csv")
-        items = pd.read_csv(path / "items.csv", dtype={"title": str, "genres": str})
+        # A generic log's raw ids are text ("007" must not become 7); MovieLens ids stay numbers.
+        ids = {"raw_id": str} if meta.get("params", {}).get("dataset") == "custom" else {}
+        # Only an empty year is missing: a title or text "NA" or "None" is text (dtypes of absent columns are unused).
+        items = pd.read_csv(path / "items.csv", dtype={**ids, "title": str, "genres": str, "text": str},
+                            keep_default_na=False, na_values={"year": [""]})
         items["year"] = items["year"].astype("Int64")
-        items[["title", "genres"]] = items[["title", "genres"]].fillna("")
-        users = pd.read_csv(path / "users.csv")
+        users = pd.read_csv(path / "users.csv", dtype=ids)
         return cls(path, inter, items, users, meta)
 
     @property

@@ -26,13 +26,24 @@ def _title(title: str, year) -> str:
     return f"{title} ({int(year)})" if year is not None and not pd.isna(year) else str(title)
 
 
+def _known(value) -> bool:
+    return value is not None and not pd.isna(value) and str(value).strip() != ""
+
+
 def demographics_text(view: TrainingView, user: int) -> str:
-    """"Age 24, male, technician." from the users table (what is missing is left out; "" if nothing)."""
+    """"Age 24, male, technician." from the users table (what is missing is left out; "" if nothing).
+
+    Where the dataset gives an age range instead of an age (ML-1M's ``age_group``), the range is
+    stated: "Age 25-34, female, writer.", "Age under 18, ..."."""
     if int(user) not in view.users.index:
         return ""
     row = view.users.loc[int(user)]
     parts = []
-    if "age" in row and not pd.isna(row["age"]):
+    group = row.get("age_group")
+    if _known(group):
+        label = str(group).strip()
+        parts.append(f"Age {label[:1].lower()}{label[1:]}")  # "Under 18" reads "Age under 18"
+    elif "age" in row and not pd.isna(row["age"]):
         parts.append(f"Age {int(row['age'])}")
     gender = {"M": "male", "F": "female"}.get(str(row.get("gender", "")).strip().upper())
     if gender:
@@ -56,22 +67,46 @@ def user_text(view: TrainingView, user: int, demographics: bool = False) -> str:
     top_d = sorted(decades.items(), key=lambda kv: (-kv[1], -kv[0]))[:TOP_DECADES]
     # best rated first; among equal ratings the most recent first
     best = rows.sort_values(["rating", "position"], ascending=[False, False], kind="stable").head(TOP_TITLES)
-    parts = [f"Viewer profile (template), {len(rows)} films."] + ([about] if about else [])
+    noun = "items" if view.data.meta.get("params", {}).get("dataset") == "custom" else "films"
+    parts = [f"Viewer profile (template), {len(rows)} {noun}."] + ([about] if about else [])
     if top_g:
         parts.append("Top genres: " + ", ".join(f"{g} {n}" for g, n in top_g) + ".")
     if top_d:
         parts.append("Decades: " + ", ".join(f"{d}s {n}" for d, n in top_d) + ".")
-    parts.append("Best rated: " + "; ".join(_title(t, y) for t, y in zip(best["title"], best["year"])) + ".")
+    titles = [_title(t, y) for t, y in zip(best["title"], best["year"]) if _known(t)]  # a log may lack titles
+    if titles:
+        parts.append("Best rated: " + "; ".join(titles) + ".")
     return " ".join(parts)
+
+
+def _generic_item_text(view: TrainingView, meta: pd.Series, n: int, mean_rating: float) -> str:
+    """A generic log's item: only what is known (title, year, genres, training counts, free text)."""
+    title = str(meta["title"]).strip()
+    year = None if pd.isna(meta["year"]) else str(int(meta["year"]))
+    head = ", ".join(x for x in (title, year) if x)
+    text = "Item (template)" + (f": {head}." if head else ".")
+    genres = [g for g in str(meta["genres"]).split("|") if g]
+    if genres:
+        text += f" Genres: {', '.join(genres)}."
+    if not n:
+        text += " No training interactions."
+    elif view.data.meta.get("source", {}).get("has_rating", True):
+        text += f" {n} training ratings, mean {mean_rating:.1f}."  # a log's rating scale is its own: no "/5"
+    else:
+        text += f" {n} training interactions."
+    free = meta.get("text")
+    return text + (f" {str(free).strip()}" if _known(free) else "")
 
 
 def item_text(view: TrainingView, item: int) -> str:
     meta = view.item_meta.loc[int(item)]
     stats = view.item_stats.loc[int(item)]
+    n = int(stats["count"])
+    if view.data.meta.get("params", {}).get("dataset") == "custom":
+        return _generic_item_text(view, meta, n, float(stats["mean_rating"]) if n else 0.0)
     genres = str(meta["genres"]).replace("|", ", ") or "unknown"
     year = "unknown" if pd.isna(meta["year"]) else str(int(meta["year"]))
     text = f"Film (template): {meta['title']}, {year}. Genres: {genres}."
-    n = int(stats["count"])
     if n:
         text += f" {n} training ratings, mean {float(stats['mean_rating']):.1f}/5."
     else:
