@@ -1,6 +1,6 @@
 """The package's layers import downward only, and ur4rec modules are imported at the top of files.
 
-Layers, bottom to top: config/errors/io → data → models → texts → training → evaluation →
+Layers, bottom to top: config/errors/io/devices → data → models → texts → training → evaluation →
 diagnostics → top level (pipeline, seeds, cli, reports, plots). A module may import its own layer
 and the ones below. Imports of ur4rec modules inside functions hide such dependencies (and import
 cycles) and are allowed only in ``ur4rec/cli.py``, whose commands import what they need lazily;
@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "ur4rec"
 
 #: first component under ``ur4rec`` -> layer (higher imports lower)
-LAYERS = {"__init__": 0, "config": 0, "errors": 0, "io": 0, "profiles": 0,
+LAYERS = {"__init__": 0, "config": 0, "errors": 0, "io": 0, "profiles": 0, "devices": 0,
           "data": 1, "models": 2, "texts": 3, "training": 4, "evaluation": 5, "diagnostics": 6,
           "pipeline": 7, "seeds": 7, "cli": 7, "reports": 7, "plots": 7}
 LAZY_ALLOWED = {"ur4rec/cli.py"}

@@ -20,6 +20,7 @@ import torch
 from ur4rec.config import Config
 from ur4rec.data.batching import pad_left
 from ur4rec.data.dataset import PreparedData, Split
+from ur4rec.devices import describe_device, module_device
 from ur4rec.errors import ConfigError
 from ur4rec.evaluation.baselines import ItemKNN, MostPop
 from ur4rec.evaluation.metrics import REPORTED, metrics_from_ranks
@@ -64,11 +65,14 @@ def sampled_negatives(data: PreparedData, split: Split, n: int, strategy: str, s
     return out
 
 
-def exact_affordable(cfg: Config, data: PreparedData) -> bool:
-    """Whether the exact catalogue ranking of the per-pair models is run (``exact_catalogue``)."""
+def exact_affordable(cfg: Config, data: PreparedData, model: torch.nn.Module | None = None) -> bool:
+    """Whether the exact catalogue ranking of the per-pair models is run (``exact_catalogue``): with
+    ``auto``, when the model runs on a GPU or the catalogue × users × dimension is small enough (what
+    counts is where the model is, not whether the machine has a GPU)."""
     if cfg.exact_catalogue != "auto":
         return cfg.exact_catalogue == "always"
-    return torch.cuda.is_available() or data.num_users * data.num_items * cfg.retriever_output_dim <= 2e8
+    on_gpu = model is not None and module_device(model).type == "cuda"
+    return on_gpu or data.num_users * data.num_items * cfg.retriever_output_dim <= 2e8
 
 
 def exact_scorers(model: torch.nn.Module, alone: torch.nn.Module | None = None) -> dict[str, Scorer]:
@@ -76,8 +80,9 @@ def exact_scorers(model: torch.nn.Module, alone: torch.nn.Module | None = None) 
     alone = alone or model
     model.eval()
     alone.eval()
-    return {"ur4rec": lambda users, seq: model.full_sort_predict(users, seq),
-            "retriever": lambda users, seq: alone.retriever.full_catalogue_scores(users)}
+    dev, dev_alone = module_device(model), module_device(alone)
+    return {"ur4rec": lambda users, seq: model.full_sort_predict(users.to(dev), seq.to(dev)).to(seq.device),
+            "retriever": lambda users, seq: alone.retriever.full_catalogue_scores(users.to(dev_alone)).to(seq.device)}
 
 
 def scorers(model: torch.nn.Module | None, data: PreparedData, split: Split, cfg: Config,
@@ -195,7 +200,7 @@ def evaluate_models(cfg: Config, data: PreparedData, model: torch.nn.Module | No
             out["full"][split][name] = metric_entry(res, cfg.seed)
             sampled = sampled_result(name, model, fn, data, split, cfg, negatives, alone)
             out["sampled"][split][name] = metric_entry(sampled, cfg.seed)
-        if model is not None and exact_affordable(cfg, data):
+        if model is not None and exact_affordable(cfg, data, model):
             out.setdefault("exact", {})[split] = {}
             out.setdefault("two_stage_vs_exact", {})[split] = {}
             for name, fn in exact_scorers(model, alone).items():
@@ -224,7 +229,8 @@ def evaluate_opened_run(run: OpenedRun) -> RunEvaluation:
     evaluation = evaluate_models(run.cfg, run.workspace.data, run.model, alone=run.alone,
                                  selection=run.result.get("final_selection"))
     evaluation.results["seconds"]["total"] = round(time.perf_counter() - t0, 3)
-    evaluation.results["trained_with"] = run.result.get("environment")  # torch version and threads
+    evaluation.results["trained_with"] = run.result.get("environment")  # torch version, threads, device
+    evaluation.results["evaluated_on"] = {"device": describe_device(module_device(run.model))}
     evaluation.write(run.run_dir)
     return evaluation
 

@@ -137,8 +137,12 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     lines = ["# Evaluation", "", f"Users evaluated: {results['users_evaluated']} (every user).", ""]
     lines += [f"- `{name}`: {what}" for name, what in results.get("models", {}).items()] + [""]
     if env := results.get("trained_with"):
-        lines += [f"Trained with torch {env['torch']} on {env['torch_threads']} threads (the same seed gives the "
-                  "same numbers on the same thread count).", ""]
+        where = f" on {env['device']}" + (f" (amp {env['amp']})" if env.get("amp", "off") != "off" else "") \
+            if env.get("device") else ""
+        lines += [f"Trained with torch {env['torch']}{where}, {env['torch_threads']} threads (the same seed gives "
+                  "the same numbers on the same device and thread count).", ""]
+    if on := results.get("evaluated_on"):
+        lines += [f"Evaluated on {on['device']}.", ""]
     for protocol in ("full", "sampled"):
         label = "Full ranking (primary)" if protocol == "full" else "Sampled (labelled extra, not comparable)"
         for split in results[protocol]:

@@ -6,8 +6,10 @@ catalogue, the per-pair model re-ranks SASRec's top-R (``rerank_top_r``), and ev
 keeps SASRec's order below them. The returned scores encode exactly that order.
 
 ``catalogue_scorer(model, cfg, branch)`` is the one place a config turns into a scorer (top-R
-included); ``retriever_weight(model, w)`` ranks the fused model at another fusion weight for the
-length of a ``with`` block and puts the model's own weights back afterwards.
+included). Every scorer runs the model where the model lives (a GPU, ``ur4rec.devices``) and hands
+its scores back on the device its inputs came from (the protocol's CPU). ``retriever_weight(model,
+w)`` ranks the fused model at another fusion weight for the length of a ``with`` block and puts the
+model's own weights back afterwards.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from ur4rec.config import Config
 from ur4rec.data.dataset import PreparedData
+from ur4rec.devices import module_device
 from ur4rec.evaluation.metrics import NonFiniteScoresError
 from ur4rec.evaluation.protocol import Scorer, evaluate_full_ranking
 
@@ -58,28 +61,34 @@ def two_stage_scores(
     rerank_order = torch.argsort(second, dim=1, descending=True, stable=True)
     # position-based scores: top-R get 2N+1 .. 2N+2-R (by re-rank), the rest N .. (by SASRec)
     out = torch.empty_like(s)
-    rows = torch.arange(b).unsqueeze(1)
-    out[rows, order] = (n1 - torch.arange(n1, dtype=torch.float32)).expand(b, -1)
+    rows = torch.arange(b, device=s.device).unsqueeze(1)
+    out[rows, order] = (n1 - torch.arange(n1, dtype=torch.float32, device=s.device)).expand(b, -1)
     top = cands.gather(1, rerank_order)
-    out[rows, top] = (2 * n1 - torch.arange(r, dtype=torch.float32)).expand(b, -1)
+    out[rows, top] = (2 * n1 - torch.arange(r, dtype=torch.float32, device=s.device)).expand(b, -1)
     out[torch.isinf(s)] = float("-inf")
     return out
 
 
 def candidate_scores(model: nn.Module, branch: Branch, users: torch.Tensor, seq: torch.Tensor,
                      cands: torch.Tensor) -> torch.Tensor:
-    """Scores [B, C] of the given candidates by one branch (a held-out prediction: no memory write)."""
+    """Scores [B, C] of the given candidates by one branch (a held-out prediction: no memory write),
+    computed on the model's device and returned on ``cands``' device."""
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+    device = module_device(model)
+    users, seq, c = users.to(device), seq.to(device), cands.to(device)
     if branch == "retriever":
-        return model.retriever(users, cands)["scores"]
-    if branch == "fused":
-        return model(users, seq, cands)["scores"]
-    if branch == "sasrec":
-        return model.sasrec.full_sort_predict(seq).gather(1, cands)
-    raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
+        out = model.retriever(users, c)["scores"]
+    elif branch == "fused":
+        out = model(users, seq, c)["scores"]
+    else:
+        out = model.sasrec.full_sort_predict(seq).gather(1, c)
+    return out.to(cands.device)
 
 
 def sasrec_scorer(model: nn.Module) -> Scorer:
-    return lambda users, seq: model.sasrec.full_sort_predict(seq)
+    device = module_device(model)
+    return lambda users, seq: model.sasrec.full_sort_predict(seq.to(device)).to(seq.device)
 
 
 def per_pair_scorer(model: nn.Module, which: Branch, top_r: int) -> Scorer:
@@ -88,11 +97,15 @@ def per_pair_scorer(model: nn.Module, which: Branch, top_r: int) -> Scorer:
     if which not in ("retriever", "fused"):
         raise ValueError(f"per_pair_scorer ranks 'retriever' or 'fused', got {which!r}")
 
+    device = module_device(model)
+
     def score(users: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        home, users, seq = seq.device, users.to(device), seq.to(device)
         first = model.sasrec.full_sort_predict(seq)
         exclude = torch.zeros_like(first, dtype=torch.bool)
         exclude.scatter_(1, seq, True)  # the history shown (known items); column 0 = padding
-        return two_stage_scores(first, lambda c: candidate_scores(model, which, users, seq, c), top_r, exclude)
+        scores = two_stage_scores(first, lambda c: candidate_scores(model, which, users, seq, c), top_r, exclude)
+        return scores.to(home)
 
     return score
 

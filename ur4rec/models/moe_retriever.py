@@ -191,9 +191,9 @@ class TextPreferenceRetrieverMoE(nn.Module):
         user, _ = self.user_representation(user_ids)
         user_attn = self._single_token_attention(0, user).unsqueeze(1)
         router_user = (user @ self.router[0].weight[:, self.dim:2 * self.dim].T).unsqueeze(1)
-        out = torch.full((len(user_ids), self.num_items + 1), float("-inf"))
+        out = torch.full((len(user_ids), self.num_items + 1), float("-inf"), device=user.device)
         for start in range(1, self.num_items + 1, chunk_size):
-            items = torch.arange(start, min(start + chunk_size, self.num_items + 1))
+            items = torch.arange(start, min(start + chunk_size, self.num_items + 1), device=user.device)
             parts = {k: v.unsqueeze(0) for k, v in self.item_parts(items).items()}  # shared by all users
             out[:, items], _, _ = self._pairs(user.unsqueeze(1), parts, user_attn, router_user)
         return out

@@ -102,7 +102,7 @@ class UR4RecV2MoE(nn.Module):
         (memory read at the targets' positions), else a held-out read."""
         b = len(user_ids)
         if self.fusion_method == "feature":  # one scorer: both branches in full, no score mixing
-            return torch.ones(b, 2)
+            return torch.ones(b, 2, device=self.fixed_weights.device)
         if self.fusion_method == "weighted":
             w = self.fixed_weights.expand(b, 2)
         elif self.fusion_method == "learned":
@@ -113,7 +113,7 @@ class UR4RecV2MoE(nn.Module):
                 retr_user, _ = self.retriever.user_representation(user_ids)
             w = torch.softmax(self.adaptive(torch.cat([sasrec_user, retr_user], dim=-1)), dim=-1)
         no_history = (input_seq != 0).sum(dim=1) == 0
-        return torch.where(no_history.unsqueeze(1), torch.tensor([0.0, 1.0]), w)
+        return torch.where(no_history.unsqueeze(1), torch.tensor([0.0, 1.0], device=w.device), w)
 
     def forward(self, user_ids: torch.Tensor, input_seq: torch.Tensor, candidate_items: torch.Tensor,
                 return_components: bool = True, target_positions: torch.Tensor | None = None,
@@ -142,9 +142,10 @@ class UR4RecV2MoE(nn.Module):
     def full_sort_predict(self, user_ids: torch.Tensor, input_seq: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
         """Exact fused scores of the whole catalogue: [B, N+1] (column 0 = -inf)."""
         if self.feature is not None:  # per pair: the forward over item chunks
-            out = torch.full((len(user_ids), self.retriever.num_items + 1), float("-inf"))
+            device = user_ids.device
+            out = torch.full((len(user_ids), self.retriever.num_items + 1), float("-inf"), device=device)
             for start in range(1, self.retriever.num_items + 1, chunk_size):
-                items = torch.arange(start, min(start + chunk_size, self.retriever.num_items + 1))
+                items = torch.arange(start, min(start + chunk_size, self.retriever.num_items + 1), device=device)
                 out[:, items] = self.forward(user_ids, input_seq, items.expand(len(user_ids), -1),
                                              return_components=False)["scores"]
             return out
@@ -152,4 +153,4 @@ class UR4RecV2MoE(nn.Module):
         retr = self.retriever.full_catalogue_scores(user_ids, chunk_size)[:, 1:]
         w = self.fusion_weights(user_ids, input_seq, self.sasrec.user_representation(input_seq))
         fused = w[:, :1] * sasrec / self.scale.spread[0] + w[:, 1:] * retr / self.scale.spread[1]
-        return torch.cat([torch.full((len(user_ids), 1), float("-inf")), fused], dim=1)
+        return torch.cat([torch.full((len(user_ids), 1), float("-inf"), device=fused.device), fused], dim=1)

@@ -26,6 +26,7 @@ import yaml
 
 from ur4rec.data.dataset import PreparedData
 from ur4rec.data.prepare import prepare
+from ur4rec.devices import describe_device, resolve_device
 from ur4rec.errors import ConfigError, UR4RecError
 from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
@@ -111,7 +112,7 @@ def run_metadata(profile: str, parameters: dict[str, Any], run_dir: Path | None 
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    device = describe_device(resolve_device(cfg.device))  # where the notebooks' runs train and evaluate
     threads = torch.get_num_threads()  # the kernels start with the same default; float sums depend on it
     return {
         "profile": profile,

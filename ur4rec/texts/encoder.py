@@ -119,12 +119,12 @@ class SentenceEncoder:
         return vecs / np.maximum(norms, 1e-12)
 
 
-_LOADED: dict[tuple[str, str], SentenceEncoder] = {}
+_LOADED: dict[tuple[str, str, str], SentenceEncoder] = {}
 
 
-def load_encoder(spec: EncoderSpec) -> SentenceEncoder:
-    """Load (once per process) the encoder ``spec`` names."""
-    key = (spec.location, spec.origin)
+def load_encoder(spec: EncoderSpec, device: str = "cpu") -> SentenceEncoder:
+    """Load (once per process and device) the encoder ``spec`` names, on ``device``."""
+    key = (spec.location, spec.origin, device)
     if key not in _LOADED:
-        _LOADED[key] = SentenceEncoder(spec)
+        _LOADED[key] = SentenceEncoder(spec, device=device)
     return _LOADED[key]

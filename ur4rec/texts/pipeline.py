@@ -23,6 +23,7 @@ import numpy as np
 
 from ur4rec.config import Config
 from ur4rec.data.dataset import PreparedData
+from ur4rec.devices import resolve_device
 from ur4rec.errors import UR4RecError
 from ur4rec.io import atomic_write_bytes, atomic_write_json, sha256_json
 from ur4rec.texts.base import KINDS, Kind, PreferenceTextSource
@@ -175,7 +176,8 @@ def embed(cfg: Config, texts: list[str | None], root: Path, spec: EncoderSpec | 
     hashes = [text_sha(t) if t else None for t in texts]
     todo = cache.missing(h for h in hashes if h is not None)
     if todo:
-        encoder = load_encoder(spec)
+        # the encoder runs where the model will (a GPU if there is one); the cache keeps the vectors
+        encoder = load_encoder(spec, str(resolve_device(cfg.device)))
         if encoder.dim != cfg.text_embedding_dim:
             raise UR4RecError(f"The sentence encoder gives {encoder.dim}-d vectors but text_embedding_dim is "
                               f"{cfg.text_embedding_dim}.", where=f"config key text_embedding_dim ({spec.location})",

@@ -17,6 +17,7 @@ import torch
 
 from ur4rec.config import Config
 from ur4rec.data.dataset import PreparedData, load_prepared
+from ur4rec.devices import configure_determinism, resolve_device
 from ur4rec.errors import UR4RecError
 from ur4rec.models.build import build_model
 from ur4rec.texts import TextEmbeddings, load_text_embeddings
@@ -44,8 +45,11 @@ def embeddings_fingerprint(user: torch.Tensor, item: torch.Tensor) -> str:
 def build_workspace(cfg: Config) -> Workspace:
     data = load_prepared(cfg)
     texts = load_text_embeddings(cfg, data)
+    device = resolve_device(cfg.device)
+    configure_determinism(device)
     seed_everything(cfg.seed, "init")
-    model = build_model(cfg, data.num_users, data.num_items, texts.user, texts.item)
+    # built on the CPU (the same initial weights whatever the device), then moved
+    model = build_model(cfg, data.num_users, data.num_items, texts.user, texts.item).to(device)
     return Workspace(cfg, data, texts, model, embeddings_fingerprint(texts.user, texts.item))
 
 

@@ -59,6 +59,7 @@ from ur4rec.data.batching import (
     window_target_positions,
 )
 from ur4rec.data.dataset import PreparedData
+from ur4rec.devices import autocast_dtype, describe_device, module_device
 from ur4rec.errors import UR4RecError
 from ur4rec.io import atomic_write_text
 from ur4rec.training.checkpoint import (
@@ -169,13 +170,18 @@ def warmup_cosine(total_steps: int, warmup_ratio: float) -> Callable[[int], floa
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class JointTrainer:
@@ -194,6 +200,9 @@ class JointTrainer:
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
+        # the model's device is the run's; batches move there, samplers and bookkeeping stay on the CPU
+        self.device = module_device(model)
+        self.amp = autocast_dtype(cfg.amp, self.device)
         self.run_dir = Path(run_dir)
         self.fingerprint = run_fingerprint(cfg, data.fingerprint, text_fingerprint)
         self.evaluate = evaluate
@@ -209,7 +218,7 @@ class JointTrainer:
             group = cfg.sasrec_prefix_group
             self.sasrec_samples = (*training_prefixes(train, cfg.max_seq_len, group),
                                    prefix_target_positions(train, group))
-        self.log_vars = nn.Parameter(torch.zeros(3))  # uncertainty weighting (Kendall et al.)
+        self.log_vars = nn.Parameter(torch.zeros(3, device=self.device))  # uncertainty weighting (Kendall et al.)
         self.sasrec_opt = torch.optim.AdamW(list(model.sasrec_parameters()), lr=cfg.sasrec_lr,
                                             weight_decay=cfg.weight_decay)
         self.retriever_opt = torch.optim.AdamW(
@@ -227,9 +236,8 @@ class JointTrainer:
         """SASRec's next-item loss; ``last_k`` for prefix samples (their targets are in the last k columns)."""
         neg = None
         if self.cfg.loss_type != "ce":
-            neg = sample_negatives(users, tgt.shape[1], self.known, g).view_as(tgt)
-        device = next(self.model.sasrec.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.sasrec_precision == "bf16"):
+            neg = sample_negatives(users.cpu(), tgt.shape[1], self.known, g).view_as(tgt).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.sasrec_precision == "bf16"):
             return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg,
                                                     last_k=last_k, users=users)
 
@@ -244,15 +252,15 @@ class JointTrainer:
         parts = [pos]
         kind = self.cfg.retriever_negatives
         if kind in ("uniform", "mixed"):
-            parts.append(sample_negatives(users, self.cfg.num_negatives, self.known, g))
+            parts.append(sample_negatives(users.cpu(), self.cfg.num_negatives, self.known, g).to(self.device))
         if kind in ("sasrec_topr", "mixed"):
             with torch.no_grad():
                 was_training = self.model.sasrec.training
                 self.model.sasrec.eval()
                 scores = self.model.sasrec.full_sort_predict(seq)
                 self.model.sasrec.train(was_training)
-            parts.append(sample_topr_negatives(scores, users, pos, self.cfg.num_negatives, self.known,
-                                               self.cfg.rerank_top_r, g))
+            parts.append(sample_topr_negatives(scores.float().cpu(), users.cpu(), pos.cpu(), self.cfg.num_negatives,
+                                               self.known, self.cfg.rerank_top_r, g).to(self.device))
         return torch.cat(parts, dim=1)
 
     def retriever_loss(self, users: torch.Tensor, seq: torch.Tensor, tgt: torch.Tensor, pos: torch.Tensor,
@@ -272,7 +280,7 @@ class JointTrainer:
     def _candidate_loss(self, scores: torch.Tensor) -> torch.Tensor:
         """Column 0 is the positive. BCE with logits, or InfoNCE (softmax over the candidates)."""
         if self.cfg.retriever_loss == "infonce":
-            return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long))
+            return F.cross_entropy(scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device))
         labels = torch.zeros_like(scores)
         labels[:, 0] = 1.0
         return F.binary_cross_entropy_with_logits(scores, labels)
@@ -395,8 +403,9 @@ class JointTrainer:
             kill_point(f"mid_epoch:{stage}:{epoch}:{n_batches}")
             self._set_lr(global_step, total_steps)
             idx = order[start:start + batch_size]
-            seq, tgt, users, pos = inputs[idx], targets[idx], owners[idx], positions[idx]
-            losses, opts = self._step_losses(stage, global_step, users, seq, tgt, pos, g, alt_state)
+            seq, tgt, users, pos = (t.to(self.device) for t in (inputs[idx], targets[idx], owners[idx], positions[idx]))
+            with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+                losses, opts = self._step_losses(stage, global_step, users, seq, tgt, pos, g, alt_state)
             total = self._total(losses)
             step_ok = True
             if not torch.isfinite(total):
@@ -510,8 +519,11 @@ class JointTrainer:
                 break
             self.finished.append(stage_result)
             pos = Position(stage_idx=pos.stage_idx + 1)
-        return TrainResult(str(self.run_dir), stages=list(self.finished), skipped_steps=self.skipped_steps,
-                           seconds=self.elapsed + time.perf_counter() - t0, complete=complete)
+        result = TrainResult(str(self.run_dir), stages=list(self.finished), skipped_steps=self.skipped_steps,
+                             seconds=self.elapsed + time.perf_counter() - t0, complete=complete)
+        result.environment |= {"device": describe_device(self.device),
+                               "amp": str(self.amp).removeprefix("torch.") if self.amp else "off"}
+        return result
 
     def _run_stage(self, pos: Position, budget: _Budget, t0: float) -> StageResult | None:
         """Run stage ``pos.stage_idx`` from ``pos`` (updated in place) to its end and reload its
