@@ -172,7 +172,12 @@ class TextPreferenceRetrieverMoE(nn.Module):
                 target_positions: torch.Tensor | None = None,
                 user_memory_update: bool = False) -> dict[str, torch.Tensor | dict]:
         """Scores of candidates [B, C] for users [B], with routing weights [B, C, 3], the user vectors
-        [B, d] and memory stats. ``input_seq``, ``target_positions``: see ``user_representation``."""
+        [B, d] and memory stats. ``input_seq``, ``target_positions``: see ``user_representation``.
+        Inputs move to the model's device (callers may hold CPU batches)."""
+        device = self.item_id.weight.device
+        user_ids, candidate_items = user_ids.to(device), candidate_items.to(device)
+        input_seq = None if input_seq is None else input_seq.to(device)
+        target_positions = None if target_positions is None else target_positions.to(device)
         user, mem_stats = self.user_representation(user_ids, input_seq, target_positions, user_memory_update)
         user_attn = self._single_token_attention(0, user).unsqueeze(1)
         router_user = (user @ self.router[0].weight[:, self.dim:2 * self.dim].T).unsqueeze(1)
@@ -188,7 +193,7 @@ class TextPreferenceRetrieverMoE(nn.Module):
     @torch.no_grad()
     def full_catalogue_scores(self, user_ids: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
         """Exact scores of every item for each user, in item chunks: [B, N+1] (column 0 = -inf)."""
-        user, _ = self.user_representation(user_ids)
+        user, _ = self.user_representation(user_ids.to(self.item_id.weight.device))
         user_attn = self._single_token_attention(0, user).unsqueeze(1)
         router_user = (user @ self.router[0].weight[:, self.dim:2 * self.dim].T).unsqueeze(1)
         out = torch.full((len(user_ids), self.num_items + 1), float("-inf"), device=user.device)

@@ -171,6 +171,7 @@ class SASRec(nn.Module):
         ``forward(input_seq)[:, -k:]`` (tests/test_models.py).
         """
         k = 1 if last_only else last_k
+        input_seq = input_seq.to(self.position_embedding.weight.device)  # callers may hold CPU batches
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
@@ -190,6 +191,7 @@ class SASRec(nn.Module):
     @torch.no_grad()
     def attention_maps(self, input_seq: torch.Tensor) -> torch.Tensor:
         """Attention probabilities of every block and head: [B, blocks, heads, L, L] (for plots)."""
+        input_seq = input_seq.to(self.position_embedding.weight.device)
         length = input_seq.shape[1]
         keep = (input_seq != 0).unsqueeze(-1).float()
         x = (F.embedding(input_seq, self.item_vectors()) * self.hidden_dim**0.5
@@ -211,7 +213,7 @@ class SASRec(nn.Module):
     def predict(self, input_seq: torch.Tensor, candidate_items: torch.Tensor) -> torch.Tensor:
         """Scores of given candidates: [B, C]."""
         user = self.user_representation(input_seq)
-        return (F.embedding(candidate_items, self.item_vectors()) * user.unsqueeze(1)).sum(-1)
+        return (F.embedding(candidate_items.to(user.device), self.item_vectors()) * user.unsqueeze(1)).sum(-1)
 
     def full_sort_predict(self, input_seq: torch.Tensor) -> torch.Tensor:
         """Scores of the whole catalogue with one matmul: [B, num_items + 1] (column 0 = padding)."""

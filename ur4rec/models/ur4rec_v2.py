@@ -120,7 +120,12 @@ class UR4RecV2MoE(nn.Module):
                 user_memory_update: bool = False) -> dict[str, torch.Tensor]:
         """Fused scores of candidates [B, C]. ``target_positions`` [B]: each row's target's 0-based
         position in the user's training sequence (None: a held-out prediction); with
-        ``user_memory_update`` a training forward writes the retriever's user memory."""
+        ``user_memory_update`` a training forward writes the retriever's user memory. Inputs may come
+        from the CPU (notebooks, diagnostics): they move to the model's device, the outputs stay there."""
+        device = self.fixed_weights.device
+        user_ids, input_seq, candidate_items = user_ids.to(device), input_seq.to(device), candidate_items.to(device)
+        if target_positions is not None:
+            target_positions = target_positions.to(device)
         sasrec_user = self.sasrec.user_representation(input_seq)
         item_vectors = self.sasrec.item_vectors()[candidate_items]
         sasrec_scores = (item_vectors * sasrec_user.unsqueeze(1)).sum(-1)
@@ -141,6 +146,7 @@ class UR4RecV2MoE(nn.Module):
     @torch.no_grad()
     def full_sort_predict(self, user_ids: torch.Tensor, input_seq: torch.Tensor, chunk_size: int = 512) -> torch.Tensor:
         """Exact fused scores of the whole catalogue: [B, N+1] (column 0 = -inf)."""
+        user_ids, input_seq = user_ids.to(self.fixed_weights.device), input_seq.to(self.fixed_weights.device)
         if self.feature is not None:  # per pair: the forward over item chunks
             device = user_ids.device
             out = torch.full((len(user_ids), self.retriever.num_items + 1), float("-inf"), device=device)

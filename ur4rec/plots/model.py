@@ -64,7 +64,7 @@ def attention_heatmap(model: nn.Module, ws: Any, user: int, split: str = "valid"
     maps = model.sasrec.attention_maps(seq)[0, block].mean(0)[-n:, -n:]
     titles = dict(zip(ws.data.items["item"], ws.data.items["title"]))
     labels = [f"{i}. {str(titles.get(int(it), it))[:22]}" for i, it in enumerate(hist[-n:])]
-    fig = px.imshow(maps.numpy(), x=labels, y=labels, color_continuous_scale="Blues", aspect="auto",
+    fig = px.imshow(maps.cpu().numpy(), x=labels, y=labels, color_continuous_scale="Blues", aspect="auto",
                     labels={"x": "attends to (key)", "y": "position (query)", "color": "attention"})
     fig.update_layout(title=f"SASRec attention (block {block % len(model.sasrec.blocks)}, heads averaged), "
                             f"user {user}'s last {n} items", height=560)
@@ -75,8 +75,8 @@ def routing_chart(out: dict[str, torch.Tensor], cands: torch.Tensor, ws: Any, ro
     """The router's expert weights for each candidate of one user (stacked to 1)."""
     titles = dict(zip(ws.data.items["item"], ws.data.items["title"]))
     w = out["routing_weights"][row].detach()
-    names = [str(titles.get(int(i), i))[:28] for i in cands[row]]
-    fig = go.Figure([go.Bar(name=e, x=names, y=w[:, k].numpy()) for k, e in enumerate(EXPERTS)])
+    names = [str(titles.get(int(i), i))[:28] for i in cands[row].tolist()]
+    fig = go.Figure([go.Bar(name=e, x=names, y=w[:, k].cpu().numpy()) for k, e in enumerate(EXPERTS)])
     fig.update_layout(barmode="stack", title="Routing weights per candidate", yaxis_title="weight")
     return fig
 
@@ -88,7 +88,7 @@ def score_distributions(out: dict[str, torch.Tensor], spread: torch.Tensor) -> g
         "SASRec / spread": out["sasrec_scores"] / spread[0], "retriever / spread": out["retriever_scores"] / spread[1],
         "fused": out["scores"],
     }
-    frames = [pd.DataFrame({"score": v.detach().flatten().numpy(), "series": k}) for k, v in series.items()]
+    frames = [pd.DataFrame({"score": v.detach().flatten().cpu().numpy(), "series": k}) for k, v in series.items()]
     fig = px.histogram(pd.concat(frames), x="score", color="series", facet_row="series", nbins=60, height=800)
     fig.update_yaxes(matches=None)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
@@ -102,7 +102,7 @@ def user_candidates(ws: Any, user: int, split: str = "valid", n: int = 20) -> tu
     hist = ws.data.history(split)[user]
     seq = pad_left([hist], ws.cfg.max_seq_len)
     with torch.no_grad():
-        s = ws.model.sasrec.full_sort_predict(seq)[0]
+        s = ws.model.sasrec.full_sort_predict(seq)[0].cpu()
     s[0] = float("-inf")
     s[torch.as_tensor(hist, dtype=torch.long)] = float("-inf")
     target = int(ws.data.held_out(split)[user][0])
