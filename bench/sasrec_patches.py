@@ -64,10 +64,11 @@ def recbole_arch(sasrec: ModuleType | None = None) -> None:
         linear_in, gelu, _, linear_out = self.ffn  # skip the dropout between them
         return self.ln_ffn(x + self.drop(linear_out(gelu(linear_in(x)))))
 
-    def forward(self, input_seq, last_only=False, last_k=None):
+    def forward(self, input_seq, last_only=False, last_k=None, item_vectors=None):
         k = 1 if last_only else last_k
-        keep = (input_seq != 0).unsqueeze(-1).to(self.item_embedding.weight.dtype)
-        x = self.final_ln(self.item_embedding(input_seq) + self.position_embedding(self.position_ids(input_seq)))
+        vectors = self.item_vectors() if item_vectors is None else item_vectors
+        keep = (input_seq != 0).unsqueeze(-1).to(vectors.dtype)
+        x = self.final_ln(F.embedding(input_seq, vectors) + self.position_embedding(self.position_ids(input_seq)))
         x = self.emb_dropout(x) * keep
         mask = sasrec.attention_mask(input_seq)
         for block in self.blocks:
