@@ -23,6 +23,7 @@ from ur4rec.evaluation.evaluate import evaluate_run
 from ur4rec.pipeline import train
 from ur4rec.plots.data import split_sanity_checks
 from ur4rec.texts.leakage import audit_user_texts
+from ur4rec.texts.pipeline import build_texts
 from ur4rec.texts.prompts import TrainingView
 from ur4rec.texts.template import item_text, template_texts, user_text
 
@@ -251,6 +252,22 @@ def test_leakage_audit_on_missing_and_shared_titles(tmp_cfg, log_files) -> None:
              for u in range(data.num_users)]
     audit = audit_user_texts(data, leaky)
     assert audit.verdict == "fail" and all(s.held_out.pairs > 0 for s in audit.splits)
+
+
+def test_files_source_matches_string_ids(tmp_cfg, log_files, tmp_path: Path) -> None:
+    """text_source: files on a log with string ids: keys are the raw ids as the log writes them."""
+    log, items = log_files
+    cfg = tmp_cfg(**custom(log, items))
+    data = PreparedData.load(prepare(cfg).path)
+    raw_users, raw_items = data.users["raw_id"].astype(str).tolist(), data.items["raw_id"].astype(str).tolist()
+    (tmp_path / "u.json").write_text(json.dumps({r: f"Shopper {r} buys audio gear." for r in raw_users[:3]}))
+    (tmp_path / "i.json").write_text(json.dumps({raw_items[0]: "A deluxe gadget.", "NOPE": "not an item"}))
+    res = build_texts(tmp_cfg(**custom(log, items), text_source="files", user_text_file=str(tmp_path / "u.json"),
+                              item_text_file=str(tmp_path / "i.json")), data, progress=False)
+    js = res.to_dict()
+    assert js["coverage"] == {"users": 3, "items": 1}
+    assert res.texts.users[0] == f"Shopper {raw_users[0]} buys audio gear." and res.texts.items[1] == "A deluxe gadget."
+    assert js["stats"]["unknown_ids"] == {"user": 0, "item": 1}
 
 
 # ---------------------------------------------------------------------------- malformed files and configs

@@ -1,9 +1,10 @@
 """Texts supplied by the user: JSON objects mapping raw dataset id -> text.
 
 ``user_text_file`` maps raw user ids (u.user's first column), ``item_text_file`` raw item ids
-(u.item's first column). Ids with no entry fall back to the template text and are counted; a
-file that is not a JSON object, a key that is not an integer, or a value that is not a non-empty
-string is an error naming the file and the id.
+(u.item's first column); a custom log's ids may be strings ("A1B2C3"), matched as written (integer
+ids also match with leading zeros or spaces: "042" is 42). Ids with no entry fall back to the
+template text and are counted; a file that is not a JSON object, a key that is not an integer when
+the dataset's ids are, or a value that is not a non-empty string is an error naming the file and the id.
 """
 
 from __future__ import annotations
@@ -29,8 +30,14 @@ def a_type(value: object) -> str:
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
-def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
-    """Parse and validate one text file (raw id -> text)."""
+def normalise_id(raw: object) -> str:
+    """A raw id as text: integers without leading zeros or spaces ("042" -> "42"), others stripped."""
+    text = str(raw).strip()
+    return str(int(text)) if re.fullmatch(r"\d+", text) else text
+
+
+def read_text_file(path: Path, kind: Kind) -> dict[str, str]:
+    """Parse and validate one text file (normalised raw id -> text)."""
     key = KEYS[kind]
     if not path.is_file():
         raise UR4RecError(f"The {kind} text file does not exist.", where=f"{path} (config key {key})",
@@ -48,13 +55,12 @@ def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
         raise UR4RecError(f"The {kind} text file must hold one JSON object (raw id -> text), not "
                           f"{a_type(obj)}.", where=str(path),
                           fix='write {"<raw id>": "<text>", ...}')
-    out: dict[int, str] = {}
+    out: dict[str, str] = {}
     for raw, text in obj.items():
-        if not re.fullmatch(r"\s*\d+\s*", str(raw)):
-            raise UR4RecError(f"The {kind} text file has a key that is not an integer {kind} id: {raw!r}.",
-                              where=f"{path}, id {raw!r}",
+        rid = normalise_id(raw)
+        if not rid:
+            raise UR4RecError(f"The {kind} text file has an empty {kind} id.", where=f"{path}, id {raw!r}",
                               fix=f"keys must be the dataset's raw {kind} ids, e.g. \"42\"")
-        rid = int(raw)
         if not isinstance(text, str) or not text.strip():
             what = "an empty text" if isinstance(text, str) else f"{a_type(text)}, not a string"
             raise UR4RecError(f"The {kind} text file has {what} for {kind} {raw!r}.",
@@ -62,7 +68,7 @@ def read_text_file(path: Path, kind: Kind) -> dict[int, str]:
                               fix="give every id a non-empty string, or leave the id out (it then gets the "
                                   "template text)")
         if rid in out:
-            raise UR4RecError(f"The {kind} text file has {kind} id {rid} twice.", where=f"{path}, id {raw!r}",
+            raise UR4RecError(f"The {kind} text file has {kind} id {rid!r} twice.", where=f"{path}, id {raw!r}",
                               fix="keep one entry per id")
         out[rid] = text.strip()
     return out
@@ -77,7 +83,7 @@ class FilesSource(PreferenceTextSource):
         super().__init__()
         self.cfg = cfg
         self._template = TemplateSource()
-        self._texts: dict[str, dict[int, str]] = {}
+        self._texts: dict[str, dict[str, str]] = {}
 
     def _path(self, kind: Kind) -> Path | None:
         key = KEYS[kind]
@@ -91,7 +97,7 @@ class FilesSource(PreferenceTextSource):
         for kind in KEYS:
             self.texts(kind)  # validate both files before anything is cached
 
-    def texts(self, kind: Kind) -> dict[int, str]:
+    def texts(self, kind: Kind) -> dict[str, str]:
         if kind not in self._texts:
             path = self._path(kind)
             self._texts[kind] = read_text_file(path, kind) if path is not None else {}
@@ -105,8 +111,14 @@ class FilesSource(PreferenceTextSource):
                  progress: bool = True) -> None:
         texts = self.texts(kind)
         frame = data.users if kind == "user" else data.items
-        raw_of = dict(zip(frame[kind].astype(int), frame["raw_id"].astype(int)))
+        raw_of = {int(i): normalise_id(r) for i, r in zip(frame[kind], frame["raw_id"])}
         known = set(raw_of.values())
+        if all(r.isdigit() for r in known):  # integer ids (MovieLens): a non-integer key is a mistake
+            bad = next((r for r in texts if not r.isdigit()), None)
+            if bad is not None:
+                raise UR4RecError(f"The {kind} text file has a key that is not an integer {kind} id: {bad!r}.",
+                                  where=f"{self._path(kind)}, id {bad!r}",
+                                  fix=f"keys must be the dataset's raw {kind} ids, e.g. \"42\"")
         self.stats.extra.setdefault("unknown_ids", {})[kind] = sum(1 for r in texts if r not in known)
         view = self._template.view(data)
         fallback = user_text if kind == "user" else item_text
