@@ -36,6 +36,7 @@ pipeline's (``ur4rec.pipeline.train``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -237,7 +238,10 @@ class JointTrainer:
         neg = None
         if self.cfg.loss_type != "ce":
             neg = sample_negatives(users.cpu(), tgt.shape[1], self.known, g).view_as(tgt).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.sasrec_precision == "bf16"):
+        # sasrec_precision: bf16 autocasts SASRec alone; otherwise the step's own autocast (amp on a GPU)
+        # applies unchanged (a disabled inner autocast would switch it off here)
+        bf16 = self.cfg.sasrec_precision == "bf16"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             return self.model.sasrec.calculate_loss(seq, tgt, loss_type=self.cfg.loss_type, neg_items=neg,
                                                     last_k=last_k, users=users)
 
