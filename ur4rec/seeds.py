@@ -27,7 +27,7 @@ from typing import Any
 
 from ur4rec.config import Config, config_from_dict, read_yaml
 from ur4rec.data.dataset import load_prepared
-from ur4rec.errors import ConfigError
+from ur4rec.errors import ConfigError, UR4RecError
 from ur4rec.evaluation.evaluate import evaluate_run
 from ur4rec.evaluation.metrics import HEADLINE
 from ur4rec.io import atomic_write_json, atomic_write_text
@@ -61,7 +61,7 @@ def run_seed_process(c: Config, run_dir: Path, threads: int) -> None:
                 ["evaluate", "--run-dir", str(run_dir), "--json"]):
         done = subprocess.run(cli + cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ConfigError(f"seed {c.seed}: `ur4rec {cmd[0]}` failed (exit {done.returncode}): "
+            raise UR4RecError(f"seed {c.seed}: `ur4rec {cmd[0]}` failed (exit {done.returncode}): "
                               f"{done.stderr.strip()[-1500:]}", where=str(run_dir),
                               fix="run that seed alone to see the whole error; finished seeds are kept")
 
