@@ -345,9 +345,9 @@ def test_final_model_is_the_best_stage_and_weight_on_validation(small, tmp_path:
     assert results["final_selection"]["stage"] == stage
     assert f"the {stage} checkpoint" in results["models"]["ur4rec"]
     # the thread count changes torch's float sums, so the run records it next to its numbers
-    # (and the device, a GPU's float sums differ from the CPU's)
+    # (and the device, a GPU's float sums differ from the CPU's, and the data-parallel processes)
     assert results["trained_with"] == {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                                       "device": "cpu", "amp": "off"}
+                                       "device": "cpu", "amp": "off", "processes": 1}
     assert results["evaluated_on"] == {"device": "cpu"}
     assert f"on cpu, {torch.get_num_threads()} threads" in (tmp_path / "sel" / "eval.md").read_text()
     # at weight 0 the pretrain_retriever checkpoint is SASRec alone: never worse than it on validation

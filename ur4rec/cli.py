@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,10 +76,29 @@ def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
 
 def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.pipeline import train
+    from ur4rec.training.distributed import DataParallel, launch, without_option
 
-    cfg = load_config(args.config, args.overrides)
-    result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json,
-                      allow_mismatch=args.allow_mismatch)
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.", where="ur4rec train --nproc",
+                          fix="--nproc 1 (one process, the default) or more")
+    cfg = load_config(args.config, args.overrides)  # checked here, before any process starts
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        code = launch(args.nproc, without_option(args.argv, "--nproc"))
+        if code:
+            raise UR4RecError(f"ur4rec train --nproc {args.nproc}: a training process failed (exit {code}); "
+                              "its error is printed above.", where="torchrun", fix="fix that error, then "
+                              "add --resume to continue from the last checkpoint")
+        args.json = False  # rank 0 has printed the run's result (and its JSON line)
+        return 0, {}, ""
+    parallel = DataParallel.from_environment()
+    try:
+        result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json,
+                          allow_mismatch=args.allow_mismatch, parallel=parallel)
+    finally:
+        parallel.close()
+    if not parallel.is_main:  # rank 0 prints
+        args.json = False
+        return 0, {}, ""
     payload = result.to_dict()
     lines = [f"{s.stage:<20} epochs {s.epochs:>3}  best valid NDCG@10 {s.best_metric:.4f} (epoch {s.best_epoch})"
              f"{'  early-stopped' if s.stopped_early else ''}  {s.seconds:.1f} s" for s in result.stages]
@@ -158,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     p_train.add_argument("--allow-mismatch", action="store_true",
                          help="resume from a checkpoint whose fingerprint differs (not recommended)")
+    p_train.add_argument("--nproc", type=int, default=1, metavar="N",
+                         help="data-parallel training on N processes under torchrun (gloo on the CPU, nccl on "
+                              "GPUs); the global batch and learning rate stay the config's")
     p_train.set_defaults(handler=cmd_train)
 
     p_eval = sub.add_parser("evaluate", help="full-ranking evaluation of a run against the baselines")
@@ -202,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # for commands that start themselves again (train --nproc)
     handler: Handler = args.handler
     try:
         code, payload, text = handler(args)

@@ -139,8 +139,12 @@ def to_markdown(results: Mapping[str, Any]) -> str:
     if env := results.get("trained_with"):
         where = f" on {env['device']}" + (f" (amp {env['amp']})" if env.get("amp", "off") != "off" else "") \
             if env.get("device") else ""
-        lines += [f"Trained with torch {env['torch']}{where}, {env['torch_threads']} threads (the same seed gives "
-                  "the same numbers on the same device and thread count).", ""]
+        procs = env.get("processes", 1)
+        threads = f"{env['torch_threads']} threads"
+        if procs > 1:
+            threads += f" in each of {procs} data-parallel processes"
+        lines += [f"Trained with torch {env['torch']}{where}, {threads} (the same seed gives the same numbers on "
+                  "the same device, thread count and number of processes).", ""]
     if on := results.get("evaluated_on"):
         lines += [f"Evaluated on {on['device']}.", ""]
     for protocol in ("full", "sampled"):

@@ -26,7 +26,7 @@ to 0, so the retriever alone scores them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -45,12 +45,22 @@ class ScoreScale(nn.Module):
         self.momentum = momentum
         self.register_buffer("spread", torch.ones(2))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        #: data-parallel training sets this to a sum over processes, so that every process observes
+        #: the spread of the whole global batch (``ur4rec.training.distributed``); None: one process
+        self.reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @torch.no_grad()
     def observe(self, sasrec_scores: torch.Tensor, retriever_scores: torch.Tensor) -> None:
         if sasrec_scores.shape[-1] < 2:
             return  # one candidate: no within-user spread to measure
-        batch = torch.stack([s.std(dim=-1).mean() for s in (sasrec_scores, retriever_scores)]).clamp(min=1e-6)
+        if self.reduce is None:
+            batch = torch.stack([s.std(dim=-1).mean() for s in (sasrec_scores, retriever_scores)])
+        else:  # the mean over every process's rows: sums and row counts added over processes
+            rows = sasrec_scores.new_tensor([sasrec_scores[..., 0].numel()])
+            sums = self.reduce(torch.cat([torch.stack([s.std(dim=-1).sum() for s in (sasrec_scores,
+                                                                                   retriever_scores)]), rows]))
+            batch = sums[:2] / sums[2]
+        batch = batch.clamp(min=1e-6)
         m = 1.0 if int(self.updates) == 0 else self.momentum
         self.spread.mul_(1 - m).add_(m * batch)
         self.updates += 1

@@ -125,7 +125,7 @@ class UserMemory(nn.Module):
         """Write one slot per due user (see the module doc); returns the rows' slots and positions as
         they are after the write, the fresh values with their gradient."""
         self.step += 1
-        uniq, inverse, row = _writer_rows(users, positions)
+        uniq, inverse, row = writer_rows(users, positions)
         p = positions[row]
         mask = history_mask[row].unsqueeze(-1).to(history.dtype)
         count = mask.sum(1)
@@ -182,7 +182,7 @@ def check_positions(positions: torch.Tensor, batch: int) -> torch.Tensor:
     return positions.long()
 
 
-def _writer_rows(users: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def writer_rows(users: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Unique users (sorted), each row's index into them, and for each user the row that writes:
     the largest target position, ties to the first row."""
     uniq, inverse = torch.unique(users, return_inverse=True)

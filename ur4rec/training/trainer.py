@@ -63,6 +63,7 @@ from ur4rec.data.dataset import PreparedData
 from ur4rec.devices import autocast_dtype, describe_device, module_device
 from ur4rec.errors import UR4RecError
 from ur4rec.io import atomic_write_text
+from ur4rec.models.user_memory import writer_rows
 from ur4rec.training.checkpoint import (
     CheckpointError,
     kill_point,
@@ -70,6 +71,7 @@ from ur4rec.training.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
+from ur4rec.training.distributed import DataParallel
 from ur4rec.training.nonfinite import find_first_nonfinite
 from ur4rec.training.sampling import known_matrix, sample_negatives, sample_topr_negatives
 from ur4rec.training.seeding import generator, seed_everything
@@ -199,8 +201,11 @@ class JointTrainer:
         text_fingerprint: str | None = None,
         progress: bool = True,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
+        # data-parallel processes (ur4rec.training.distributed): rank 0 writes, all compute
+        self.parallel = parallel or DataParallel()
         # the model's device is the run's; batches move there, samplers and bookkeeping stay on the CPU
         self.device = module_device(model)
         self.amp = autocast_dtype(cfg.amp, self.device)
@@ -225,6 +230,11 @@ class JointTrainer:
         self.retriever_opt = torch.optim.AdamW(
             [*model.retriever_parameters(), *model.fusion_parameters(), self.log_vars],
             lr=cfg.retriever_lr, weight_decay=cfg.weight_decay)
+        if self.parallel.enabled:
+            for stage in cfg.stages:
+                self.parallel.check_batches(len(self.samples(stage)[0]), self.batch_size(stage), stage)
+            if hasattr(model, "scale"):  # the fused score spread: observed over the whole global batch
+                model.scale.reduce = self.parallel.sum
         self.skipped_steps = 0
         self.finished: list[StageResult] = []  # results of the stages done
         self.history: list[dict[str, Any]] = []  # history.jsonl's records
@@ -300,30 +310,81 @@ class JointTrainer:
                 p.requires_grad_(name in on)
         self.log_vars.requires_grad_(stage == "end_to_end" and self.cfg.use_uncertainty_weighting)
 
+    def _plan(self, stage: str, alt_state: dict) -> tuple[tuple[str, ...], list]:
+        """The losses a step of ``stage`` computes and the optimizers they update."""
+        if stage == "pretrain_sasrec":
+            return ("sasrec",), [self.sasrec_opt]
+        if stage == "pretrain_retriever":
+            return ("retriever",), [self.retriever_opt]
+        if stage == "joint_finetune":
+            branch = alt_state["branch"]
+            return (branch,), [self.sasrec_opt if branch == "sasrec" else self.retriever_opt]
+        return ("sasrec", "retriever", "fused"), [self.sasrec_opt, self.retriever_opt]
+
     def _step_losses(self, stage: str, step: int, users, seq, tgt, pos, g,
                      alt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
         """The losses of one step and the optimizers they update."""
-        if stage == "pretrain_sasrec":
-            # prefix samples: the targets are in the last sasrec_prefix_group columns only
-            last_k = self.cfg.sasrec_prefix_group if self.cfg.sasrec_sampling == "prefixes" else None
-            return {"sasrec": self.sasrec_loss(seq, tgt, users, g, last_k=last_k)}, [self.sasrec_opt]
-        if stage == "pretrain_retriever":
-            return {"retriever": self.retriever_loss(users, seq, tgt, pos, g)}, [self.retriever_opt]
-        if stage == "joint_finetune":
-            branch = alt_state["branch"]
-            if branch == "sasrec":
-                return {"sasrec": self.sasrec_loss(seq, tgt, users, g)}, [self.sasrec_opt]
-            return {"retriever": self.retriever_loss(users, seq, tgt, pos, g)}, [self.retriever_opt]
-        losses = {"sasrec": self.sasrec_loss(seq, tgt, users, g),
-                  "retriever": self.retriever_loss(users, seq, tgt, pos, g),
-                  "fused": self.fused_loss(users, seq, tgt, pos, g)}
-        return losses, [self.sasrec_opt, self.retriever_opt]
+        names, opts = self._plan(stage, alt_state)
+        # prefix samples (pretrain_sasrec): the targets are in the last sasrec_prefix_group columns only
+        prefixes = stage == "pretrain_sasrec" and self.cfg.sasrec_sampling == "prefixes"
+        last_k = self.cfg.sasrec_prefix_group if prefixes else None
+        compute = {"sasrec": lambda: self.sasrec_loss(seq, tgt, users, g, last_k=last_k),
+                   "retriever": lambda: self.retriever_loss(users, seq, tgt, pos, g),
+                   "fused": lambda: self.fused_loss(users, seq, tgt, pos, g)}
+        return {name: compute[name]() for name in names}, opts
 
-    def _total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _shares(self, losses: dict[str, torch.Tensor], batch_targets: torch.Tensor,
+                shard_targets: torch.Tensor) -> dict[str, float] | None:
+        """Data-parallel: this process's share of each loss's terms in the global batch (SASRec: its
+        targets; the per-pair losses: its rows), the weight of its mean loss; None for one process."""
+        if not self.parallel.enabled:
+            return None
+        return {name: (int((shard_targets != 0).sum()) / int((batch_targets != 0).sum()) if name == "sasrec"
+                       else len(shard_targets) / len(batch_targets)) for name in losses}
+
+    def _total(self, losses: dict[str, torch.Tensor], shares: dict[str, float] | None = None) -> torch.Tensor:
+        """The step's loss; with ``shares`` (data-parallel) this process's part of it, so that the
+        sum over processes is the one-process loss (and its gradient the one-process gradient)."""
+        if shares is not None:
+            losses = {name: loss * shares[name] for name, loss in losses.items()}
         if len(losses) > 1 and self.cfg.use_uncertainty_weighting:
             s = self.log_vars[: len(losses)]
-            return sum(torch.exp(-si) * li + si for si, li in zip(s, losses.values()))
+            return sum(torch.exp(-si) * li + si / self.parallel.world for si, li in zip(s, losses.values()))
         return sum(losses.values())
+
+    def _batch_values(self, total: torch.Tensor, losses: dict[str, torch.Tensor],
+                      shares: dict[str, float] | None) -> tuple[float, dict[str, float]]:
+        """The step's total and per-loss values over the whole global batch: what is logged and what
+        every decision (non-finite, alternation) reads, so that all processes decide alike."""
+        parts = [total.detach().float()] + [loss.detach().float() * (shares[name] if shares else 1.0)
+                                            for name, loss in losses.items()]
+        values = self.parallel.sum(torch.stack(parts)).tolist()
+        return values[0], dict(zip(losses, values[1:]))
+
+    def _gradients(self, opts: list) -> list[nn.Parameter]:
+        """The parameters of ``opts`` that have a gradient this step; data-parallel: summed over the
+        processes (a parameter counts when any process gave it one)."""
+        params = [p for o in opts for grp in o.param_groups for p in grp["params"]]
+        if not self.parallel.enabled:
+            return [p for p in params if p.grad is not None]
+        has = self.parallel.sum(torch.tensor([float(p.grad is not None) for p in params]))
+        params = [p for p, h in zip(params, has.tolist()) if h > 0]
+        self.parallel.all_reduce_gradients(params)
+        return params
+
+    def _merge_user_memory(self, users: torch.Tensor, positions: torch.Tensor) -> None:
+        """Data-parallel: each user's memory rows after a step are those of the process that held the
+        row one process would have written them from (the user's largest target position in the
+        global batch ``users`` / ``positions``, ties to the first row)."""
+        memory = getattr(getattr(self.model, "retriever", None), "memory", None)
+        if memory is None or not self.parallel.enabled:
+            return
+        uniq, _, row = writer_rows(users, positions)
+        owner = self.parallel.owner_of_rows(len(users))[row].to(memory.slots.device)
+        uniq, pick = uniq.to(memory.slots.device), torch.arange(len(uniq), device=memory.slots.device)
+        with torch.no_grad():
+            memory.slots[uniq] = self.parallel.gather_rows(memory.slots[uniq])[owner, pick]
+            memory.slot_pos[uniq] = self.parallel.gather_rows(memory.slot_pos[uniq])[owner, pick]
 
     def _switch(self, alt_state: dict, loss: float) -> None:
         """Alternate branches in joint_finetune: every step, or adaptively on a loss plateau."""
@@ -389,10 +450,13 @@ class JointTrainer:
                max_batches: int | None = None) -> tuple[dict, int]:
         cfg = self.cfg
         batch_size = self.batch_size(stage)
-        seed_everything(cfg.seed, "epoch", stage_idx, epoch)
+        rank = ("rank", self.parallel.rank) if self.parallel.enabled else ()  # dropout per process
+        seed_everything(cfg.seed, "epoch", stage_idx, epoch, *rank)
         g = generator(cfg.seed, "sampler", stage_idx, epoch)
         inputs, targets, owners, positions = self.samples(stage)
-        order = torch.randperm(len(inputs), generator=g)
+        order = torch.randperm(len(inputs), generator=g)  # the same on every process
+        if rank:  # each process its own negatives
+            g = generator(cfg.seed, "sampler", stage_idx, epoch, *rank)
         self.model.train()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -407,12 +471,16 @@ class JointTrainer:
             kill_point(f"mid_epoch:{stage}:{epoch}:{n_batches}")
             self._set_lr(global_step, total_steps)
             idx = order[start:start + batch_size]
-            seq, tgt, users, pos = (t.to(self.device) for t in (inputs[idx], targets[idx], owners[idx], positions[idx]))
+            rows = self.parallel.shard(idx)  # the global batch, or this process's rows of it
+            seq, tgt, users, pos = (t.to(self.device) for t in (inputs[rows], targets[rows], owners[rows],
+                                                                 positions[rows]))
             with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
                 losses, opts = self._step_losses(stage, global_step, users, seq, tgt, pos, g, alt_state)
-            total = self._total(losses)
+            shares = self._shares(losses, targets[idx], targets[rows])
+            total = self._total(losses, shares)
+            batch_total, batch_losses = self._batch_values(total, losses, shares)
             step_ok = True
-            if not torch.isfinite(total):
+            if not math.isfinite(batch_total):
                 self._nonfinite("loss", stage, epoch, global_step, users,
                                 lambda: self._step_losses(stage, global_step, users, seq, tgt, pos, g,
                                                           dict(alt_state)))
@@ -421,7 +489,7 @@ class JointTrainer:
                 for o in opts:
                     o.zero_grad(set_to_none=True)
                 total.backward()
-                params = [p for o in opts for grp in o.param_groups for p in grp["params"] if p.grad is not None]
+                params = self._gradients(opts)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 if not torch.isfinite(norm):
                     bad = next(n for n, p in self.model.named_parameters()
@@ -434,13 +502,15 @@ class JointTrainer:
                     grad_norms.append(float(norm))
                     for o in opts:
                         o.step()
+            if "retriever" in losses or "fused" in losses:  # the steps that write the user memory
+                self._merge_user_memory(owners[idx], positions[idx])
             global_step += 1
             n_batches += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in batch_losses.items():
+                sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             if stage == "joint_finetune":
-                self._switch(alt_state, float(total.detach()))
+                self._switch(alt_state, batch_total)
             bar.set_postfix({k: f"{v / counts[k]:.4f}" for k, v in sums.items()}
                             | {"lr_s": f"{self.sasrec_opt.param_groups[0]['lr']:.2e}",
                                "lr_r": f"{self.retriever_opt.param_groups[0]['lr']:.2e}"})
@@ -456,12 +526,16 @@ class JointTrainer:
                 "fingerprint": self.fingerprint, "config": self.cfg.to_dict(), "rng": rng_state(), **state}
 
     def _save_last(self, pos: Position, elapsed: float) -> None:
+        if not self.parallel.is_main:
+            return
         save_checkpoint(self.run_dir / "last.pt", self.checkpoint_payload(
             position=asdict(pos), finished=[asdict(s) for s in self.finished], skipped_steps=self.skipped_steps,
             history=self.history, history_lines=len(self.history), elapsed=elapsed))
 
     def _append_history(self, record: dict[str, Any]) -> None:
         self.history.append(record)
+        if not self.parallel.is_main:
+            return
         with open(self.run_dir / "history.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
             fh.flush()
@@ -483,16 +557,19 @@ class JointTrainer:
         self.history = list(ck["history"])
         self.elapsed = ck["elapsed"]
         # history.jsonl is rewritten from the checkpoint: a line appended after it is dropped
-        atomic_write_text(self.run_dir / "history.jsonl",
-                          "".join(json.dumps(r, default=float) + "\n" for r in self.history))
+        if self.parallel.is_main:
+            atomic_write_text(self.run_dir / "history.jsonl",
+                              "".join(json.dumps(r, default=float) + "\n" for r in self.history))
         return Position(**ck["position"])
 
     def _start_fresh(self) -> Position:
         """A new run in this folder: remove what an earlier run left there (it would be taken for
         this run's: a stale best checkpoint, history line or final model)."""
         stale = [self.run_dir / n for n in ("last.pt", "final.pt", "history.jsonl", "eval.json", "eval.md")]
-        for path in [*stale, *self.run_dir.glob("best-*.pt")]:
-            path.unlink(missing_ok=True)
+        with self.parallel.main_first():  # no process may still be reading what rank 0 removes
+            if self.parallel.is_main:
+                for path in [*stale, *self.run_dir.glob("best-*.pt")]:
+                    path.unlink(missing_ok=True)
         return Position()
 
     # ------------------------------------------------------------------ main loop
@@ -512,7 +589,8 @@ class JointTrainer:
         else:
             pos = self._restore(load_checkpoint(self.run_dir / "last.pt", self.fingerprint,
                                                 allow_mismatch=allow_mismatch))
-        self.cfg.save(self.run_dir)
+        if self.parallel.is_main:
+            self.cfg.save(self.run_dir)
         if fresh:
             kill_point("before_first_last")
         budget, complete = _Budget(max_epochs, max_batches), True
@@ -526,8 +604,15 @@ class JointTrainer:
         result = TrainResult(str(self.run_dir), stages=list(self.finished), skipped_steps=self.skipped_steps,
                              seconds=self.elapsed + time.perf_counter() - t0, complete=complete)
         result.environment |= {"device": describe_device(self.device),
-                               "amp": str(self.amp).removeprefix("torch.") if self.amp else "off"}
+                               "amp": str(self.amp).removeprefix("torch.") if self.amp else "off",
+                               "processes": self.parallel.world}
         return result
+
+    def _validate(self, stage: str) -> float:
+        """The early-stopping metric; data-parallel: rank 0's, so every process stops alike."""
+        if not self.parallel.enabled:
+            return self.evaluate(self.model, stage)
+        return self.parallel.broadcast_float(self.evaluate(self.model, stage) if self.parallel.is_main else None)
 
     def _run_stage(self, pos: Position, budget: _Budget, t0: float) -> StageResult | None:
         """Run stage ``pos.stage_idx`` from ``pos`` (updated in place) to its end and reload its
@@ -542,7 +627,7 @@ class JointTrainer:
             epoch, te, step_before = pos.next_epoch, time.perf_counter(), pos.step
             record, pos.step = self._epoch(stage, stage_idx, epoch, n_batches * n_epochs, pos.step,
                                            max_batches=budget.batches_left())
-            metric = self.evaluate(self.model, stage)
+            metric = self._validate(stage)
             seconds = time.perf_counter() - te
             improved = metric > pos.best
             if improved:
@@ -556,20 +641,21 @@ class JointTrainer:
                       "lr_sasrec": self.sasrec_opt.param_groups[0]["lr"],
                       "lr_retriever": self.retriever_opt.param_groups[0]["lr"], **record,
                       "skipped_steps": self.skipped_steps, "seconds": round(seconds, 3)}
-            if improved:
+            if improved and self.parallel.is_main:
                 save_checkpoint(self.run_dir / f"best-{stage}.pt",
                                 self.checkpoint_payload(stage=stage, epoch=epoch, metric=metric))
             self._append_history(record)
             kill_point(f"epoch_end:{stage}:{epoch}:before_last")
             self._save_last(pos, self.elapsed + time.perf_counter() - t0)
             kill_point(f"epoch_end:{stage}:{epoch}:after_last")
-            if self.on_epoch:
+            if self.on_epoch and self.parallel.is_main:
                 self.on_epoch(record)
             budget.epochs_done += 1
             budget.batches_done += pos.step - step_before
             if budget.spent():
                 return None
-        # the best epoch of this stage is what the next stage builds on
+        # the best epoch of this stage is what the next stage builds on (written by rank 0)
+        self.parallel.barrier()
         best = load_checkpoint(self.run_dir / f"best-{stage}.pt", self.fingerprint, self._allow_mismatch)
         self.model.load_state_dict(best["model"])
         return StageResult(stage, pos.next_epoch, pos.best_epoch, pos.best, pos.stopped_early, round(pos.seconds, 2))

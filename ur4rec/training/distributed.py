@@ -1,0 +1,179 @@
+"""Data-parallel training over several processes (``ur4rec train --nproc N``, torchrun).
+
+``launch`` re-runs the same ``ur4rec train`` command under PyTorch's own launcher
+(``torch.distributed.run --standalone``: N processes on this machine, ``gloo`` on the CPU, ``nccl``
+on GPUs, one GPU per process). Inside each process ``DataParallel.from_environment`` joins the
+process group that torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ...).
+
+What stays the same whatever N (``JointTrainer`` uses these helpers):
+
+- The global batch and the learning rate are the config's. Every rank draws the same epoch order
+  (same sampler seed) and takes its shard of each global batch, rows ``rank, rank + N, ...``.
+- The gradient is the one-process gradient: each rank weights its mean loss by its share of the
+  batch's loss terms (targets for SASRec, rows for the per-pair losses), counted from the global
+  batch that every rank knows, and ``all_reduce_gradients`` sums the ranks' gradients. Clipping and
+  the optimizer step then see the same gradient on every rank, so the weights stay identical without
+  a broadcast. (Why not ``DistributedDataParallel``: the stages call several entry points of the
+  model (``sasrec.calculate_loss``, ``retriever``, the fused forward), and DDP hooks only the
+  wrapped module's ``forward``; one explicit all-reduce per step is the same arithmetic.)
+- Decisions are taken on global numbers: the logged losses, the adaptive alternation and the
+  non-finite check read the all-reduced loss (a rank that skipped alone would hang the others); the
+  gradient norm is computed after the all-reduce, so it is the same everywhere; validation runs on
+  rank 0 and its metric is broadcast, so early stopping agrees.
+- Buffers written in the forward pass are reduced, not broadcast from rank 0: the fused model's
+  score-spread statistic averages over the whole global batch inside the forward
+  (``ScoreScale.reduce``), and after each step every user's memory slots are taken from the rank
+  that held the row the single process would have written them from (its largest target position
+  in the batch). A row reads, within its step, the write of its own rank.
+- Dropout and negative sampling draw from per-rank streams (seeded by seed and rank), so the ranks
+  do not repeat each other's masks; with dropout 0 and CE (no negatives) one step with N processes
+  equals one process's (tests/test_distributed.py).
+- Only rank 0 writes: config.yaml, history.jsonl, checkpoints, final.pt, eval files and the
+  command's output. The other ranks read rank 0's best checkpoint at the end of each stage (after
+  a barrier) and ``last.pt`` on ``--resume``, so resume works as with one process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ur4rec.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This process's place among ``world`` data-parallel processes (world 1: a plain run)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes every file and prints; the others only compute."""
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> DataParallel:
+        """Join the process group torchrun set up (``WORLD_SIZE`` > 1), or a plain run."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        if not dist.is_initialized():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" = this rank's GPU
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    # ------------------------------------------------------------------ batches
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a global batch: ``rows[rank::world]``."""
+        return rows[self.rank::self.world] if self.enabled else rows
+
+    def owner_of_rows(self, n: int) -> torch.Tensor:
+        """Which rank holds each of a global batch's ``n`` rows (see ``shard``)."""
+        return torch.arange(n) % self.world
+
+    def check_batches(self, samples: int, batch_size: int, what: str) -> None:
+        """Every rank needs a row in every step: the last step of an epoch has ``samples % batch_size``."""
+        last = samples % batch_size
+        if self.enabled and (batch_size < self.world or 0 < last < self.world):
+            raise ConfigError(
+                f"{what}: with --nproc {self.world} every optimizer step needs at least {self.world} samples, "
+                f"but {samples} samples in batches of {batch_size} leave a last step of {last or batch_size}.",
+                where="ur4rec train --nproc",
+                fix=f"set {what}'s batch size (sasrec_batch_size or batch_size) to one that leaves a last step of 0 "
+                    f"or >= {self.world} samples, or use fewer processes")
+
+    # ------------------------------------------------------------------ collectives
+    def all_reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Sum the gradients of ``params`` over ranks (a missing gradient counts as zeros), in one
+        flat all-reduce. The ranks' losses are pre-weighted, so the sum is the global gradient."""
+        if not self.enabled or not params:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        offset = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[offset:offset + g.numel()].view_as(p).clone()
+            offset += g.numel()
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """The elementwise sum of ``values`` over ranks (a copy; ``values`` itself is not changed)."""
+        if not self.enabled:
+            return values.detach().clone()
+        out = values.detach().to(self._device(), copy=True)  # nccl reduces GPU tensors only
+        dist.all_reduce(out)
+        return out.to(values.device)
+
+    def broadcast_float(self, value: float | None) -> float:
+        """Rank 0's ``value`` on every rank (the others pass anything)."""
+        if not self.enabled:
+            return float(value)
+        t = torch.tensor([value if self.is_main else 0.0], dtype=torch.float64, device=self._device())
+        dist.broadcast(t, 0)
+        return float(t.item())
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[world, *t.shape]: every rank's ``t`` (same shape on every rank)."""
+        out = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(out, t.contiguous())
+        return torch.stack(out)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def close(self) -> None:
+        """Leave the process group (a plain run: nothing to do)."""
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block, then the others (e.g. rank 0 writes a file the others read)."""
+        if self.is_main:
+            yield
+            self.barrier()
+        else:
+            self.barrier()
+            yield
+
+
+def without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` less ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``ur4rec <argv>`` as ``nproc`` data-parallel processes under torchrun; its exit code.
+
+    ``--standalone`` starts a rendezvous on a free local port. One thread per process unless
+    ``OMP_NUM_THREADS`` says otherwise (torchrun's own default), so N processes share the cores."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "ur4rec.cli", *argv]
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(cmd, env=env, check=False).returncode
