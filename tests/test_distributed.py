@@ -56,7 +56,9 @@ def data(tmp_path_factory) -> tuple[Path, list[str]]:
 def step_state(root: Path, name: str, nproc: int, max_batches: int, overrides: list[str], **extra_env: str) -> dict:
     out = root / f"{name}-{nproc}.pt"
     cmd = (torchrun(nproc) if nproc > 1 else [sys.executable]) + [str(STEP), str(out), str(max_batches), *overrides]
-    done = subprocess.run(cmd, cwd=ROOT, env=env(**extra_env), capture_output=True, text=True, timeout=300)
+    # torchrun leaves a torchelastic_* folder in the temporary directory: keep it in this test's
+    done = subprocess.run(cmd, cwd=ROOT, env=env(TMPDIR=str(root), **extra_env), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return torch.load(out, map_location="cpu", weights_only=False)
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,5 +176,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     ``OMP_NUM_THREADS`` says otherwise (torchrun's own default), so N processes share the cores."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "ur4rec.cli", *argv]
-    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run(cmd, env=env, check=False).returncode
+    # torchrun leaves a torchelastic_* folder in the temporary directory: give it one removed afterwards
+    with tempfile.TemporaryDirectory(prefix="ur4rec-torchrun-") as tmp:
+        env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TMPDIR": tmp}
+        return subprocess.run(cmd, env=env, check=False).returncode
