@@ -28,8 +28,8 @@ What stays the same whatever N (``JointTrainer`` uses these helpers):
 - Dropout and negative sampling draw from per-rank streams (seeded by seed and rank), so the ranks
   do not repeat each other's masks; with dropout 0 and CE (no negatives) one step with N processes
   equals one process's (tests/test_distributed.py).
-- Only rank 0 writes: config.yaml, history.jsonl, checkpoints, final.pt, eval files and the
-  command's output. The other ranks read rank 0's best checkpoint at the end of each stage (after
+- Only rank 0 writes: config.yaml, history.jsonl, checkpoints, final.pt and the command's
+  output. The other ranks read rank 0's best checkpoint at the end of each stage (after
   a barrier) and ``last.pt`` on ``--resume``, so resume works as with one process.
 """
 

@@ -32,6 +32,11 @@ history so far. Sampling is seeded per (stage, epoch), so ``fit(resume=True)`` c
 finished stage gets its best checkpoint reloaded, and ``history.jsonl`` is rewritten from
 ``last.pt`` (a line written after it is dropped). Final-model selection and ``final.pt`` are the
 pipeline's (``ur4rec.pipeline.train``).
+
+Data-parallel (``parallel``, ``ur4rec train --nproc N``): every process steps through the same epoch
+order, computes its rows of each global batch, weights its loss by its share and sums gradients
+with the others before clipping and the optimizer step; decisions read whole-batch numbers and rank
+0 alone writes files (``ur4rec.training.distributed`` says what stays exact and what does not).
 """
 
 from __future__ import annotations
