@@ -279,7 +279,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="threads per run (default: cores // jobs)")
     ap.add_argument("--report", action="store_true", help="aggregate finished runs only; train nothing")
     ap.add_argument("--task", nargs=2, metavar=("ROW", "SEED"), help=argparse.SUPPRESS)
-    ap.add_argument("--results", default=str(RESULTS), help="where text_ablation.json/.md go")
+    ap.add_argument("--results", default=str(RESULTS), help="where <name>.json/.md go")
+    ap.add_argument("--name", default="text_ablation",
+                    help="results file name: a sweep over other rows publishes beside the main table")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -293,7 +295,7 @@ def main() -> None:
         run_all(root, args.rows, args.seeds, args.jobs, threads, Path(args.config), args.set)
     result = {"root": str(root), "config": args.config, "overrides": args.set, "seeds": args.seeds,
               **collect(root, args.rows, args.seeds)}
-    publish("text_ablation", result, markdown(result), args.json, Path(args.results))
+    publish(args.name, result, markdown(result), args.json, Path(args.results))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import torch
 
 from ur4rec.config import CONFIG_DIR, load_config
 from ur4rec.pipeline import train
-from ur4rec.training.distributed import DataParallel
+from ur4rec.training.distributed import DataParallel, exit_process
 from ur4rec.training.trainer import JointTrainer
 
 
@@ -35,7 +35,7 @@ def nan_on_first_step(rank: int) -> None:
 
 def main(out: str, max_batches: int, overrides: list[str]) -> None:
     torch.set_num_threads(1)
-    parallel = DataParallel.from_environment()
+    parallel = DataParallel.from_environment(torch.device("cpu"))
     if "STEP_NAN_RANK" in os.environ:
         nan_on_first_step(int(os.environ["STEP_NAN_RANK"]))
     cfg = load_config(CONFIG_DIR / "quick.yaml", overrides)
@@ -55,3 +55,4 @@ def main(out: str, max_batches: int, overrides: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3:])
+    exit_process(0)

@@ -22,6 +22,8 @@ import torch
 
 from tests.conftest import synthetic_ml, write_grouplens
 from ur4rec.config import CONFIG_DIR, load_config
+from ur4rec.data.batching import training_windows
+from ur4rec.data.dataset import load_prepared
 from ur4rec.errors import ConfigError
 from ur4rec.models.ur4rec_v2 import ScoreScale
 from ur4rec.training.distributed import DataParallel, without_option
@@ -68,8 +70,8 @@ def step_state(root: Path, name: str, nproc: int, max_batches: int, overrides: l
 #: keeps only a few significant digits, so where the rows are summed (one process, or two halves then
 #: the all-reduce) moves its update by up to ~1e-3 * lr: with windows (many targets a row) that was
 #: 1.09e-6 on one weight of the FFN, with prefixes below 1e-6. The gradients themselves agree to 1e-5
-#: of their scale (checked first).
-TOLERANCE = {"prefixes": 1e-6, "windows": 5e-6}
+#: of their scale (checked first): they are what the data-parallel arithmetic decides.
+TOLERANCE = {"prefixes": 1e-6, "windows": 1e-5}
 
 
 @pytest.mark.parametrize("sampling", ["prefixes", "windows"])
@@ -104,6 +106,19 @@ def test_processes_agree_after_steps_that_write_buffers(data) -> None:
         if stages == "[end_to_end]":
             assert int(state["model"]["scale.updates"]) == 3  # the spread was observed (and reduced) each step
     assert (state["model"]["retriever.memory.slot_pos"] >= 0).any()  # slots were written
+
+
+def test_user_memory_after_a_step_is_one_process_memory(data) -> None:
+    """The first step's memory writes come from the initial weights (dropout 0): after merging, the
+    slots and their positions are what one process writes from the whole batch. A wrong choice of the
+    process a user's rows come from (or no merge) leaves other slots or positions."""
+    root, overrides = data
+    step = overrides + ["stages=[pretrain_retriever]", "batch_size=16", "moe_dropout=0", "interaction_threshold=2",
+                        "final_model_selection=last_stage"]
+    one, two = (step_state(root, "memory", n, 1, step)["model"] for n in (1, 2))
+    assert (one["retriever.memory.slot_pos"] >= 0).sum() >= 4  # several users written
+    assert torch.equal(one["retriever.memory.slot_pos"], two["retriever.memory.slot_pos"])
+    assert torch.allclose(one["retriever.memory.slots"], two["retriever.memory.slots"], atol=1e-6)
 
 
 def test_a_step_non_finite_on_one_process_is_skipped_by_all(data) -> None:
@@ -147,12 +162,28 @@ def test_quick_config_on_two_processes_writes_once_and_resumes(data) -> None:
     killed = root / "runs" / "nproc2-killed"
     died = train_cli(overrides, killed, kill_at="epoch_end:joint_finetune:0:after_last")
     assert died.returncode != 0 and not (killed / "final.pt").exists()
+    last = torch.load(killed / "last.pt", map_location="cpu", weights_only=False)  # killed where it was told
+    assert last["history_lines"] == 5 and last["position"]["stage_idx"] == 2 and last["position"]["next_epoch"] == 1
+    assert json.loads(died.stdout.splitlines()[-1])["ok"] is False  # one JSON line, the parent's
     resumed = train_cli(overrides, killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert history(killed) == reference
     model = torch.load(killed / "final.pt", map_location="cpu", weights_only=False)["model"]
     different = [k for k, v in model.items() if not torch.equal(v, final["model"][k])]
     assert not different, different[:8]
+
+
+def test_a_process_error_is_the_runs_error(data) -> None:
+    """A ConfigError raised in the processes (here: a last step of one sample for two processes) is
+    what ``ur4rec train --nproc`` reports, in its one JSON line."""
+    root, overrides = data
+    cfg = load_config(CONFIG_DIR / "quick.yaml", overrides)
+    assert cfg.sasrec_sampling == "windows"  # quick.yaml's: pretrain_sasrec steps over windows
+    samples = len(training_windows(load_prepared(cfg).train_sequences(), cfg.max_seq_len, cfg.train_window_stride)[0])
+    done = train_cli(overrides + ["stages=[pretrain_sasrec]", f"sasrec_batch_size={samples - 1}"], root / "bad")
+    assert done.returncode == 2
+    json_lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(json_lines) == 1 and "leave a last step of 1" in json.loads(json_lines[0])["error"]
 
 
 def test_a_last_step_smaller_than_the_processes_is_refused() -> None:

@@ -76,28 +76,32 @@ def cmd_reports(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
 
 def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     from ur4rec.pipeline import train
-    from ur4rec.training.distributed import DataParallel, launch, without_option
+    from ur4rec.training.distributed import DataParallel, launched
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.", where="ur4rec train --nproc",
                           fix="--nproc 1 (one process, the default) or more")
     cfg = load_config(args.config, args.overrides)  # checked here, before any process starts
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        code = launch(args.nproc, without_option(args.argv, "--nproc"))
-        if code:
-            raise UR4RecError(f"ur4rec train --nproc {args.nproc}: a training process failed (exit {code}); "
-                              "its error is printed above.", where="torchrun", fix="fix that error, then "
-                              "add --resume to continue from the last checkpoint")
-        args.json = False  # rank 0 has printed the run's result (and its JSON line)
-        return 0, {}, ""
-    parallel = DataParallel.from_environment()
+    if args.nproc > 1:
+        return _train_data_parallel(cfg, args)
+    parallel = DataParallel()
+    if launched():  # one of the processes _train_data_parallel started
+        from ur4rec.devices import resolve_device
+
+        parallel = DataParallel.from_environment(resolve_device(cfg.device))
+        args.json = args.json and parallel.is_main  # rank 0 prints the result
     try:
         result, _ = train(cfg, run_dir=args.run_dir, resume=args.resume, progress=not args.json,
                           allow_mismatch=args.allow_mismatch, parallel=parallel)
-    finally:
-        parallel.close()
-    if not parallel.is_main:  # rank 0 prints
-        args.json = False
+    except UR4RecError as exc:
+        if launched():  # the parent prints the run's one JSON line, with rank 0's error
+            from ur4rec.training.distributed import report_error
+
+            report_error(str(exc))
+            args.json = False
+        raise  # the process exits and torchrun stops the others (a failed one does not wait for them)
+    parallel.close()
+    if not parallel.is_main:
         return 0, {}, ""
     payload = result.to_dict()
     lines = [f"{s.stage:<20} epochs {s.epochs:>3}  best valid NDCG@10 {s.best_metric:.4f} (epoch {s.best_epoch})"
@@ -108,6 +112,31 @@ def cmd_train(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
     else:
         lines.append(f"Run: {result.run_dir} ({result.seconds:.1f} s)")
     return 0, payload, "\n".join(lines)
+
+
+def _train_data_parallel(cfg: Any, args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
+    """``ur4rec train --nproc N``: the caches built here, then N processes under torchrun."""
+    import torch
+
+    from ur4rec.data.dataset import load_prepared
+    from ur4rec.devices import resolve_device
+    from ur4rec.texts.pipeline import load_text_embeddings
+    from ur4rec.training.distributed import launch, without_option
+
+    if resolve_device(cfg.device).type == "cuda" and torch.cuda.device_count() < args.nproc:
+        raise ConfigError(f"--nproc {args.nproc} on CUDA needs a GPU per process; torch sees "
+                          f"{torch.cuda.device_count()}.", where="ur4rec train --nproc",
+                          fix=f"--nproc {torch.cuda.device_count()} or fewer, or device: cpu")
+    # built once before the processes start (they would wait for rank 0 to build them, and each
+    # would load the sentence encoder)
+    load_text_embeddings(cfg, load_prepared(cfg))
+    code, error = launch(args.nproc, without_option(args.argv, "--nproc"))
+    if code:
+        raise UR4RecError(error or f"a training process failed (exit {code}); its error is printed above.",
+                          where=f"ur4rec train --nproc {args.nproc}",
+                          fix="fix the error, then add --resume to continue from the last checkpoint")
+    args.json = False  # rank 0 has printed the run's result (and its JSON line)
+    return 0, {}, ""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
@@ -246,4 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if "UR4REC_DATA_PARALLEL" in os.environ:  # one of `ur4rec train --nproc`'s processes
+        from ur4rec.training.distributed import exit_process  # why: see there
+
+        exit_process(code)
+    sys.exit(code)

@@ -55,11 +55,10 @@ class ScoreScale(nn.Module):
             return  # one candidate: no within-user spread to measure
         if self.reduce is None:
             batch = torch.stack([s.std(dim=-1).mean() for s in (sasrec_scores, retriever_scores)])
-        else:  # the mean over every process's rows: sums and row counts added over processes
-            rows = sasrec_scores.new_tensor([sasrec_scores[..., 0].numel()])
-            sums = self.reduce(torch.cat([torch.stack([s.std(dim=-1).sum() for s in (sasrec_scores,
-                                                                                   retriever_scores)]), rows]))
-            batch = sums[:2] / sums[2]
+        else:  # the mean over every process's rows: sums and row counts added over processes (float64)
+            stds = [s.double().std(dim=-1) for s in (sasrec_scores, retriever_scores)]
+            sums = self.reduce(torch.stack([stds[0].sum(), stds[1].sum(), stds[0].new_tensor(stds[0].numel())]))
+            batch = (sums[:2] / sums[2]).to(self.spread.dtype)
         batch = batch.clamp(min=1e-6)
         m = 1.0 if int(self.updates) == 0 else self.momentum
         self.spread.mul_(1 - m).add_(m * batch)

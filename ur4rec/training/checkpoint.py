@@ -50,8 +50,9 @@ KILL_ENV = "UR4REC_KILL_AT"
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if ``UR4REC_KILL_AT`` names this point: a crash at an exact moment, for tests."""
-    if os.environ.get(KILL_ENV) == name:
+    """SIGKILL this process if ``UR4REC_KILL_AT`` names this point: a crash at an exact moment, for tests.
+    Data-parallel: rank 0 only (it writes the files; torchrun then stops the others)."""
+    if os.environ.get(KILL_ENV) == name and os.environ.get("RANK", "0") == "0":
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -36,17 +36,27 @@ What stays the same whatever N (``JointTrainer`` uses these helpers):
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from ur4rec.errors import ConfigError
+
+#: how long a process waits in a collective for the others (rank 0 validates alone between steps)
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+#: set by ``launch`` in the processes it starts: a ``WORLD_SIZE`` without it is somebody else's job
+LAUNCHED_ENV = "UR4REC_DATA_PARALLEL"
+#: where rank 0 leaves its error message for ``launch`` to report
+ERROR_FILE_ENV = "UR4REC_DATA_PARALLEL_ERROR"
 
 
 @dataclass(frozen=True)
@@ -66,15 +76,18 @@ class DataParallel:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls) -> DataParallel:
-        """Join the process group torchrun set up (``WORLD_SIZE`` > 1), or a plain run."""
+    def from_environment(cls, device: torch.device) -> DataParallel:
+        """Join the process group torchrun set up (``WORLD_SIZE`` > 1), or a plain run. ``device`` is
+        the run's (``resolve_device``): nccl for a CUDA run, each process on its ``LOCAL_RANK``'s GPU;
+        gloo otherwise (also for a CPU run on a machine with GPUs)."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
         if not dist.is_initialized():
-            if torch.cuda.is_available():
+            if device.type == "cuda":
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" = this rank's GPU
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # rank 0 alone validates each epoch and chooses the final model while the others wait
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT)
         return cls(dist.get_rank(), dist.get_world_size())
 
     # ------------------------------------------------------------------ batches
@@ -104,7 +117,7 @@ class DataParallel:
         if not self.enabled or not params:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([g.reshape(-1) for g in grads])  # on the parameters' device, the backend's
         dist.all_reduce(flat)
         offset = 0
         for p, g in zip(params, grads):
@@ -141,8 +154,10 @@ class DataParallel:
         return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
 
     def close(self) -> None:
-        """Leave the process group (a plain run: nothing to do)."""
+        """Leave the process group together (a plain run: nothing to do): a process that tore its
+        connections down while another still used them would abort it."""
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     @contextmanager
@@ -169,14 +184,47 @@ def without_option(argv: Sequence[str], option: str) -> list[str]:
     return out
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``ur4rec <argv>`` as ``nproc`` data-parallel processes under torchrun; its exit code.
+def exit_process(code: int) -> None:
+    """End a launched process without the interpreter's finalisation: gloo's worker threads can
+    still hold tensors then, and freeing them at shutdown aborts the process (SIGABRT) now and then
+    (seen here about once in eight runs, after ``destroy_process_group``). Output is flushed first."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
-    ``--standalone`` starts a rendezvous on a free local port. One thread per process unless
-    ``OMP_NUM_THREADS`` says otherwise (torchrun's own default), so N processes share the cores."""
+
+def launched() -> bool:
+    """Whether this process is one of those ``launch`` started (not merely under some torchrun)."""
+    return LAUNCHED_ENV in os.environ
+
+
+def report_error(message: str) -> None:
+    """Rank 0 of a launched run: leave ``message`` for ``launch`` to report as the run's error."""
+    if launched() and os.environ.get("RANK", "0") == "0" and ERROR_FILE_ENV in os.environ:
+        Path(os.environ[ERROR_FILE_ENV]).write_text(message, encoding="utf-8")
+
+
+def launch(nproc: int, argv: Sequence[str]) -> tuple[int, str | None]:
+    """Run ``ur4rec <argv>`` as ``nproc`` data-parallel processes under torchrun: the exit code and
+    rank 0's error message (None if it left none).
+
+    ``--standalone`` starts a rendezvous on a free local port. Each process gets ``OMP_NUM_THREADS``
+    threads if that is set, else the cores divided among the processes. SIGINT and SIGTERM are passed
+    on to torchrun, which stops the processes (none keeps writing the run)."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // nproc)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "ur4rec.cli", *argv]
     # torchrun leaves a torchelastic_* folder in the temporary directory: give it one removed afterwards
     with tempfile.TemporaryDirectory(prefix="ur4rec-torchrun-") as tmp:
-        env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TMPDIR": tmp}
-        return subprocess.run(cmd, env=env, check=False).returncode
+        error = Path(tmp) / "rank0-error.txt"
+        env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TMPDIR": tmp,
+                            LAUNCHED_ENV: str(nproc), ERROR_FILE_ENV: str(error)}
+        proc = subprocess.Popen(cmd, env=env)
+        forwarded = {sig: signal.signal(sig, lambda signum, _: proc.send_signal(signum))
+                     for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = proc.wait()
+        finally:
+            for sig, handler in forwarded.items():
+                signal.signal(sig, handler)
+        return code, (error.read_text(encoding="utf-8") if error.is_file() else None)

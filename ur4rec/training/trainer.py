@@ -238,8 +238,6 @@ class JointTrainer:
         if self.parallel.enabled:
             for stage in cfg.stages:
                 self.parallel.check_batches(len(self.samples(stage)[0]), self.batch_size(stage), stage)
-            if hasattr(model, "scale"):  # the fused score spread: observed over the whole global batch
-                model.scale.reduce = self.parallel.sum
         self.skipped_steps = 0
         self.finished: list[StageResult] = []  # results of the stages done
         self.history: list[dict[str, Any]] = []  # history.jsonl's records
@@ -599,19 +597,34 @@ class JointTrainer:
         if fresh:
             kill_point("before_first_last")
         budget, complete = _Budget(max_epochs, max_batches), True
-        while pos.stage_idx < len(self.cfg.stages):
-            stage_result = self._run_stage(pos, budget, t0)
-            if stage_result is None:  # the budget ran out: resumable from last.pt
-                complete = False
-                break
-            self.finished.append(stage_result)
-            pos = Position(stage_idx=pos.stage_idx + 1)
+        with self._score_spread_reduced():
+            while pos.stage_idx < len(self.cfg.stages):
+                stage_result = self._run_stage(pos, budget, t0)
+                if stage_result is None:  # the budget ran out: resumable from last.pt
+                    complete = False
+                    break
+                self.finished.append(stage_result)
+                pos = Position(stage_idx=pos.stage_idx + 1)
         result = TrainResult(str(self.run_dir), stages=list(self.finished), skipped_steps=self.skipped_steps,
                              seconds=self.elapsed + time.perf_counter() - t0, complete=complete)
         result.environment |= {"device": describe_device(self.device),
                                "amp": str(self.amp).removeprefix("torch.") if self.amp else "off",
                                "processes": self.parallel.world}
         return result
+
+    @contextlib.contextmanager
+    def _score_spread_reduced(self):
+        """Data-parallel: the fused score spread is observed over the whole global batch while
+        training (its forward sums over processes); afterwards the model is a plain model again."""
+        scale = getattr(self.model, "scale", None)
+        if not self.parallel.enabled or scale is None:
+            yield
+            return
+        scale.reduce = self.parallel.sum
+        try:
+            yield
+        finally:
+            scale.reduce = None
 
     def _validate(self, stage: str) -> float:
         """The early-stopping metric; data-parallel: rank 0's, so every process stops alike."""
