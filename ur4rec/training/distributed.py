@@ -24,12 +24,14 @@ What stays the same whatever N (``JointTrainer`` uses these helpers):
   score-spread statistic averages over the whole global batch inside the forward
   (``ScoreScale.reduce``), and after each step every user's memory slots are taken from the rank
   that held the row the single process would have written them from (its largest target position
-  in the batch). A row reads, within its step, the write of its own rank.
+  in the batch), so the memory after a step is one process's (tested on a first step). Within a
+  step a row reads its own rank's write: with the memory on, a step's loss is not exactly one
+  process's when a user's rows fall on several ranks.
 - Dropout and negative sampling draw from per-rank streams (seeded by seed and rank), so the ranks
   do not repeat each other's masks; with dropout 0 and CE (no negatives) one step with N processes
   equals one process's (tests/test_distributed.py).
-- Only rank 0 writes: config.yaml, history.jsonl, checkpoints, final.pt and the command's
-  output. The other ranks read rank 0's best checkpoint at the end of each stage (after
+- Only rank 0 writes the run's files (config.yaml, history.jsonl, checkpoints, final.pt) and the
+  command's output; data and text caches are built by ``ur4rec train`` before the processes start. The other ranks read rank 0's best checkpoint at the end of each stage (after
   a barrier) and ``last.pt`` on ``--resume``, so resume works as with one process.
 """
 
