@@ -31,8 +31,9 @@ What stays the same whatever N (``JointTrainer`` uses these helpers):
   do not repeat each other's masks; with dropout 0 and CE (no negatives) one step with N processes
   equals one process's (tests/test_distributed.py).
 - Only rank 0 writes the run's files (config.yaml, history.jsonl, checkpoints, final.pt) and the
-  command's output; data and text caches are built by ``ur4rec train`` before the processes start. The other ranks read rank 0's best checkpoint at the end of each stage (after
-  a barrier) and ``last.pt`` on ``--resume``, so resume works as with one process.
+  command's output; data and text caches are built by ``ur4rec train`` before the processes
+  start. The other ranks read rank 0's best checkpoint at the end of each stage (after a barrier)
+  and ``last.pt`` on ``--resume``, so resume works as with one process.
 """
 
 from __future__ import annotations
