@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    if "UR4REC_DATA_PARALLEL" in os.environ:  # one of `ur4rec train --nproc`'s processes
+    # one of `ur4rec train --nproc`'s processes (distributed.LAUNCHED_ENV; not imported here: it loads torch)
+    if "UR4REC_DATA_PARALLEL" in os.environ:
         from ur4rec.training.distributed import exit_process  # why: see there
 
         exit_process(code)
