@@ -569,10 +569,10 @@ class JointTrainer:
         """A new run in this folder: remove what an earlier run left there (it would be taken for
         this run's: a stale best checkpoint, history line or final model)."""
         stale = [self.run_dir / n for n in ("last.pt", "final.pt", "history.jsonl", "eval.json", "eval.md")]
-        with self.parallel.main_first():  # no process may still be reading what rank 0 removes
-            if self.parallel.is_main:
-                for path in [*stale, *self.run_dir.glob("best-*.pt")]:
-                    path.unlink(missing_ok=True)
+        if self.parallel.is_main:
+            for path in [*stale, *self.run_dir.glob("best-*.pt")]:
+                path.unlink(missing_ok=True)
+        self.parallel.barrier()  # data-parallel: nobody goes on before rank 0 has removed them
         return Position()
 
     # ------------------------------------------------------------------ main loop
