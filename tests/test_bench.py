@@ -14,7 +14,11 @@ sys.path.insert(0, str(REPO))
 
 from bench.sasrec_patches import PATCHES  # noqa: E402
 from bench.sasrec_variants import parse_variant  # noqa: E402
-from ur4rec.evaluation.ablations import text_ablation_curve, text_ablation_table  # noqa: E402
+from ur4rec.evaluation.ablations import (  # noqa: E402
+    text_ablation_curve,
+    text_ablation_reasons_table,
+    text_ablation_table,
+)
 
 
 def test_parse_variant() -> None:
@@ -85,3 +89,34 @@ def test_text_ablation_runs_each_row_resumes_and_aggregates(tmp_path: Path) -> N
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "training" not in again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == rows
+
+
+def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
+    """bench/text_ablation_reasons.py on a quick-profile ablation (sasrec and item-init, one seed):
+    it trains nothing, measures each row's validation score as the ablation did, bounded R² and
+    cosines, and notebook 05's table shows one row per trained row."""
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    train = [sys.executable, str(REPO / "bench" / "text_ablation.py"), "--root", str(runs),
+             "--config", str(REPO / "configs" / "quick.yaml"), "--set", f"data_dir={data}", "--set", "sasrec_epochs=1",
+             "--rows", "sasrec", "item-init", "--seeds", "2020", "--jobs", "1", "--threads", "1",
+             "--results", str(tmp_path), "--json"]
+    out = subprocess.run(train, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ablation = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    before = sorted(p.stat().st_mtime_ns for p in runs.rglob("*.pt"))
+    cmd = [sys.executable, str(REPO / "bench" / "text_ablation_reasons.py"), "--root", str(runs), "--seeds", "2020",
+           "--results", str(tmp_path), "--json"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
+    assert list(rows) == ["sasrec", "item-init"]
+    assert sorted(p.stat().st_mtime_ns for p in runs.rglob("*.pt")) == before  # nothing trained or rewritten
+    for name, per_seed in rows.items():
+        rec = per_seed["2020"]
+        assert rec["valid_ndcg@10"] == pytest.approx(ablation[name]["valid ndcg@10"]["mean"])
+        assert -1.0 < rec["text_r2"] <= 1.0
+    assert -1.0 <= rows["item-init"]["2020"]["init_cosine"] <= 1.0 and "init_cosine" not in rows["sasrec"]["2020"]
+    table = text_ablation_reasons_table(tmp_path / "text_ablation_reasons.json")
+    assert list(table.index) == ["sasrec", "item-init"]
+    assert table.loc["item-init", "cosine to the text start"] == pytest.approx(rows["item-init"]["2020"]["init_cosine"],
+                                                                            abs=1e-4)

@@ -183,3 +183,38 @@ def text_ablation_curve(path: Path = TEXT_ABLATION) -> pd.DataFrame:
               if "cold_start_curve" in result["rows"][name]}
     return pd.DataFrame({name: [c[k]["mean"] for k in result["history_lengths"]] for name, c in curves.items()},
                         index=result["history_lengths"]).T
+
+
+#: Where ``bench/text_ablation_reasons.py`` publishes.
+TEXT_ABLATION_REASONS = PROJECT_ROOT / "bench" / "results" / "text_ablation_reasons.json"
+#: Per-seed measures of ``bench/text_ablation_reasons.py`` and how the table names them.
+REASON_MEASURES = {
+    "valid_ndcg@10": "valid ndcg@10",
+    "text_r2": "text R² of item vectors",
+    "last_epoch_loss": "last-epoch training loss",
+    "init_cosine": "cosine to the text start",
+    "text_share": "text share of item vectors",
+    "text_share_rare": "text share, rare items",
+    "distill_cosine": "head → own text cosine",
+    "distill_cosine_other_user": "head → another user's text cosine",
+}
+
+
+def text_ablation_reasons_table(path: Path = TEXT_ABLATION_REASONS) -> pd.DataFrame:
+    """What each SASRec-family row of the text ablation did with its text (``bench/
+    text_ablation_reasons.py``): per row, the mean over its seeds of each measure it has (blank where a
+    measure does not apply). A missing results file gives a one-row note saying how to make it."""
+    if not path.is_file():
+        return pd.DataFrame({"note": [f"{path.name} not found: run `python bench/text_ablation_reasons.py` "
+                                      "after bench/text_ablation.py (it reads the trained runs)"]})
+    result = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for name in result["row_order"]:
+        per_seed = result["rows"][name]
+        if name == "feature-fusion":  # its own measures: README and the results file's second table
+            continue
+        seeds = list(per_seed.values())
+        cells = {label: round(sum(s[key] for s in seeds) / len(seeds), 4)
+                 for key, label in REASON_MEASURES.items() if key in seeds[0]}
+        rows.append({"row": name, "seeds": len(seeds), **cells})
+    return pd.DataFrame(rows).set_index("row")

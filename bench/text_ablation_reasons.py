@@ -1,0 +1,213 @@
+"""Why each row of the text ablation scores what it does: measurements on its trained runs.
+
+    python bench/text_ablation_reasons.py [--root runs/text-ablation] [--seeds 2020 ...] [--json]
+
+Reads the finished runs of ``bench/text_ablation.py`` (nothing is trained; validation only, full
+ranking, known items excluded) and measures, per seed, what each integration did with its text:
+
+- every SASRec-family row: how much of the learned item space the item texts explain: the 5-fold
+  cross-validated R² of a linear map from the item texts' whitened principal components (as many as
+  SASRec's hidden dimensions) to the run's item vectors (the vectors SASRec scores with). ID-only
+  SASRec never saw the texts, so its R² is what text could have told it; a row whose vectors the texts
+  explain no better used no more.
+- ``item-init``: the cosine between each item's ID vector at the start (the text components) and
+  after training: how much of the starting point survives.
+- ``item-add``: the text path's share of the item vectors (‖A t‖² over ‖e + A t‖², mean over items),
+  for all items and for rare ones (≤ 10 training interactions).
+- ``item-alphafuse``: the frozen text dimensions' share of the item vectors (learned scale included).
+- ``user-distill`` / ``user-distill-demo``: how well the distillation head recovers each user's text
+  from SASRec's representation of the user's training history (mean cosine), against another user's
+  text (chance), and the training loss's last epoch beside ID-only SASRec's.
+- ``feature-fusion``: the ``end_to_end`` checkpoint's SASRec branch alone on validation, beside the
+  fused scorer (its ``eval.json``), the ``joint_finetune`` checkpoint and the ``sasrec`` run: whether
+  the learned feature or SASRec's own drift costs validation; and the feature term's score spread
+  relative to SASRec's over each validation user's target and 100 random items.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.publish import RESULTS, publish  # noqa: E402
+from ur4rec.config import load_config  # noqa: E402
+from ur4rec.data.batching import pad_left  # noqa: E402
+from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
+from ur4rec.evaluation.scoring import sasrec_scorer  # noqa: E402
+from ur4rec.models.item_text import whitened_components  # noqa: E402
+from ur4rec.training.checkpoint import load_checkpoint  # noqa: E402
+from ur4rec.training.run import build_workspace  # noqa: E402
+
+SEEDS = (2020, 2021, 2022, 2023, 2024)
+SASREC_ROWS = ("sasrec", "item-init", "item-add", "item-alphafuse", "user-distill", "user-distill-demo")
+RARE_MAX_COUNT = 10
+
+
+def cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
+    """Out-of-fold R² of a least-squares map x -> y (with intercept), pooled over y's columns."""
+    order = np.random.default_rng(seed).permutation(len(x))
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    residual = 0.0
+    for part in np.array_split(order, folds):
+        train = np.setdiff1d(order, part)
+        coef, *_ = np.linalg.lstsq(xb[train], y[train], rcond=None)
+        residual += float(((xb[part] @ coef - y[part]) ** 2).sum())
+    return 1.0 - residual / float(((y - y.mean(0)) ** 2).sum())
+
+
+def load_run(run_dir: Path, checkpoint: str):
+    cfg = load_config(run_dir / "config.yaml")
+    ws = build_workspace(cfg)
+    ws.model.load_state_dict(load_checkpoint(run_dir / checkpoint)["model"])
+    ws.model.eval()
+    return ws
+
+
+def valid_ndcg(ws) -> float:
+    res = evaluate_full_ranking(sasrec_scorer(ws.model), ws.data, "valid", ws.cfg.max_seq_len, ks=[10])
+    return float(res.summary["ndcg@10"])
+
+
+def last_loss(run_dir: Path) -> float:
+    lines = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines() if x.strip()]
+    return float([r for r in lines if r["stage"] == "pretrain_sasrec"][-1]["loss_sasrec"])
+
+
+@torch.no_grad()
+def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
+    ws = load_run(run_dir, "best-pretrain_sasrec.pt")
+    sasrec = ws.model.sasrec
+    vectors = sasrec.item_vectors()[1:].double().numpy()
+    text = whitened_components(ws.texts.item, sasrec.hidden_dim)[1:].double().numpy()
+    out: dict[str, Any] = {"valid_ndcg@10": valid_ndcg(ws), "text_r2": cv_r2(text, vectors),
+                           "last_epoch_loss": last_loss(run_dir)}
+    rare = ws.data.item_popularity()[1:] <= RARE_MAX_COUNT
+    if row == "item-init":
+        start = whitened_components(ws.texts.item, sasrec.hidden_dim)[1:] * sasrec.init_std
+        out["init_cosine"] = float(F.cosine_similarity(sasrec.item_embedding.weight[1:], start, dim=1).mean())
+    if row == "item-add":
+        text_part = sasrec.item_text.adapter(sasrec.item_text.text)[1:]
+        share = (text_part.pow(2).sum(1) / sasrec.item_vectors()[1:].pow(2).sum(1)).numpy()
+        out["text_share"] = float(share.mean())
+        out["text_share_rare"] = float(share[rare].mean())
+    if row == "item-alphafuse":
+        s = sasrec.item_text.text.shape[1]
+        v = sasrec.item_vectors()[1:]
+        share = (v[:, :s].pow(2).sum(1) / v.pow(2).sum(1)).numpy()
+        out["text_share"] = float(share.mean())
+        out["text_share_rare"] = float(share[rare].mean())
+        out["text_scale"] = float(sasrec.item_text.text_scale)
+    if sasrec.user_text is not None:
+        seq = pad_left(ws.data.history("valid"), ws.cfg.max_seq_len)
+        h = sasrec.user_representation(seq)
+        pred = F.normalize(sasrec.user_text.head(h), dim=-1)
+        target = sasrec.user_text.target
+        users = torch.arange(len(seq))
+        out["distill_cosine"] = float((pred * target[users]).sum(-1).mean())
+        other = torch.roll(users, 1)  # another user's text: the chance level
+        out["distill_cosine_other_user"] = float((pred * target[other]).sum(-1).mean())
+    out["rare_items"] = int(rare.sum())
+    return out
+
+
+@torch.no_grad()
+def feature_row(run_dir: Path, sasrec_dir: Path) -> dict[str, Any]:
+    table = json.loads((run_dir / "eval.json").read_text())["final_selection"]["table"]
+    out: dict[str, Any] = {"fused_valid_end_to_end": table["end_to_end"]["None"],
+                           "fused_valid_joint_finetune": table["joint_finetune"]["None"]}
+    for stage in ("joint_finetune", "end_to_end"):
+        ws = load_run(run_dir, f"best-{stage}.pt")
+        out[f"sasrec_branch_valid_{stage}"] = valid_ndcg(ws)
+    model = ws.model  # end_to_end: the spread of the feature term against SASRec's over the candidates
+    gen = torch.Generator().manual_seed(0)
+    seq = pad_left(ws.data.history("valid"), ws.cfg.max_seq_len)
+    targets = torch.tensor([int(t[0]) for t in ws.data.held_out("valid")])
+    users = torch.arange(len(seq))
+    cands = torch.cat([targets[:, None], torch.randint(1, ws.data.num_items + 1, (len(seq), 100), generator=gen)], 1)
+    ratios = []
+    for start in range(0, len(seq), 128):
+        part = slice(start, start + 128)
+        o = model(users[part], seq[part], cands[part], return_components=True)
+        feature = o["scores"] - o["sasrec_scores"]
+        ratios.append(feature.std(1) / o["sasrec_scores"].std(1))
+    out["feature_to_sasrec_spread"] = float(torch.cat(ratios).mean())
+    out["sasrec_run_valid"] = valid_ndcg(load_run(sasrec_dir, "best-pretrain_sasrec.pt"))
+    return out
+
+
+def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    for row in (*SASREC_ROWS, "feature-fusion"):
+        for seed in seeds:
+            run_dir = root / f"{row}-{seed}"
+            if not (run_dir / "ablation.json").is_file():
+                continue
+            print(f"{row}, seed {seed}", file=sys.stderr, flush=True)
+            rec = feature_row(run_dir, root / f"sasrec-{seed}") if row == "feature-fusion" else sasrec_row(run_dir, row)
+            rows.setdefault(row, {})[str(seed)] = rec
+    return rows
+
+
+def mean(values: list[float]) -> str:
+    return f"{np.mean(values):.3f}" if values else "—"
+
+
+def markdown(result: dict[str, Any]) -> list[str]:
+    rows = {name: result["rows"][name] for name in result["row_order"]}
+    md = ["# Text ablation: what each row did with its text (validation, trained runs of bench/text_ablation.py)", "",
+          f"Runs in `{result['root']}`; nothing trained; means over the seeds each row has.", "",
+          "| row | seeds | valid NDCG@10 | text R² of item vectors | last-epoch loss | row's own measure |",
+          "|---|---:|---:|---:|---:|---|"]
+    for row in SASREC_ROWS:
+        per = list(rows.get(row, {}).values())
+        if not per:
+            continue
+        own = ""
+        if row == "item-init":
+            own = f"cosine to the text start {mean([p['init_cosine'] for p in per])}"
+        elif row in ("item-add", "item-alphafuse"):
+            own = (f"text share of item vectors {mean([p['text_share'] for p in per])} "
+                   f"(rare items {mean([p['text_share_rare'] for p in per])})")
+        elif row.startswith("user-distill"):
+            own = (f"head→own text cosine {mean([p['distill_cosine'] for p in per])} "
+                   f"(another user's {mean([p['distill_cosine_other_user'] for p in per])})")
+        md.append(f"| {row} | {len(per)} | {np.mean([p['valid_ndcg@10'] for p in per]):.4f} | "
+                  f"{mean([p['text_r2'] for p in per])} | {mean([p['last_epoch_loss'] for p in per])} | {own} |")
+    per_seed = rows.get("feature-fusion", {})
+    if per_seed:
+        md += ["", "## Feature fusion: the learned feature or SASRec's drift? (validation NDCG@10)", "",
+               "| seed | sasrec run | joint_finetune: SASRec branch | end_to_end: SASRec branch | end_to_end: fused "
+               "| feature / SASRec score spread |", "|---|---:|---:|---:|---:|---:|"]
+        for seed, p in per_seed.items():
+            md.append(f"| {seed} | {p['sasrec_run_valid']:.4f} | {p['sasrec_branch_valid_joint_finetune']:.4f} | "
+                      f"{p['sasrec_branch_valid_end_to_end']:.4f} | {p['fused_valid_end_to_end']:.4f} | "
+                      f"{p['feature_to_sasrec_spread']:.2f} |")
+    md.append("")
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(ROOT / "runs" / "text-ablation"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--results", default=str(RESULTS))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = collect(Path(args.root), args.seeds)
+    result = {"root": args.root, "seeds": args.seeds, "threads": 1, "row_order": list(rows), "rows": rows}
+    publish("text_ablation_reasons", result, markdown(result), args.json, Path(args.results))
+
+
+if __name__ == "__main__":
+    main()
