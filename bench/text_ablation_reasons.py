@@ -20,8 +20,11 @@ ranking, known items excluded) and measures, per seed, what each integration did
   text (chance), and the training loss's last epoch beside ID-only SASRec's.
 - ``feature-fusion``: the ``end_to_end`` checkpoint's SASRec branch alone on validation, beside the
   fused scorer (its ``eval.json``), the ``joint_finetune`` checkpoint and the ``sasrec`` run: whether
-  the learned feature or SASRec's own drift costs validation; and the feature term's score spread
-  relative to SASRec's over each validation user's target and 100 random items.
+  the learned feature or SASRec's own drift costs validation; the feature term's score spread
+  relative to SASRec's over each validation user's target and 100 random items, and NDCG@10 of the
+  target among those 101 (sampled, a diagnostic only), for the validation item and for each user's
+  last training item (input: the items before it): a feature that helps on training targets and
+  hurts on held-out ones has learned something true of training targets only.
 """
 
 from __future__ import annotations
@@ -120,40 +123,72 @@ def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
     return out
 
 
+def sampled_ndcg10(scores: torch.Tensor) -> torch.Tensor:
+    """Per-row NDCG@10 of column 0 (the target) among the row's candidates (ties count against it)."""
+    rank = (scores[:, 1:] >= scores[:, :1]).sum(1)
+    return torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.double))
+
+
 @torch.no_grad()
+def sampled_scores(ws) -> dict[str, dict[str, float]]:
+    """Per case, mean NDCG@10 of the target among itself and 100 random items (sampled; a diagnostic
+    only) for each score the fused model computes, and the spread of the part it adds to SASRec's
+    score relative to SASRec's own. Cases: "valid", the held-out item after the training history;
+    "train", each user's last training item after the items before it. A text part that helps on
+    training targets and hurts on held-out ones learned something true of training targets only."""
+    model, gen, train = ws.model, torch.Generator().manual_seed(0), ws.data.train_sequences()
+    cases = {"valid": (pad_left(train, ws.cfg.max_seq_len), [int(t[0]) for t in ws.data.held_out("valid")]),
+             "train": (pad_left([t[:-1] for t in train], ws.cfg.max_seq_len), [int(t[-1]) for t in train])}
+    out: dict[str, dict[str, float]] = {}
+    for case, (seq, target) in cases.items():
+        users = torch.arange(len(seq))
+        cands = torch.cat([torch.tensor(target)[:, None],
+                           torch.randint(1, ws.data.num_items + 1, (len(seq), 100), generator=gen)], 1)
+        parts: dict[str, list[torch.Tensor]] = {"scores": [], "sasrec_scores": [], "retriever_scores": [],
+                                                "added_spread": []}
+        for start in range(0, len(seq), 128):
+            part = slice(start, start + 128)
+            o = model(users[part], seq[part], cands[part], return_components=True)
+            for key in ("scores", "sasrec_scores", "retriever_scores"):
+                parts[key].append(sampled_ndcg10(o[key]))
+            added = o["scores"] - o["fusion_weights"][:, :1] * o["sasrec_scores"] / model.scale.spread[0] \
+                if model.feature is None else o["scores"] - o["sasrec_scores"]
+            parts["added_spread"].append(added.std(1) / o["sasrec_scores"].std(1))
+        out[case] = {key: float(torch.cat(v).mean()) for key, v in parts.items()}
+    return out
+
+
 def feature_row(run_dir: Path, sasrec_dir: Path) -> dict[str, Any]:
+    """``feature-fusion``: the end_to_end checkpoint's SASRec branch alone against the fused scorer."""
     table = json.loads((run_dir / "eval.json").read_text())["final_selection"]["table"]
     out: dict[str, Any] = {"fused_valid_end_to_end": table["end_to_end"]["None"],
                            "fused_valid_joint_finetune": table["joint_finetune"]["None"]}
     for stage in ("joint_finetune", "end_to_end"):
         ws = load_run(run_dir, f"best-{stage}.pt")
         out[f"sasrec_branch_valid_{stage}"] = valid_ndcg(ws)
-    model = ws.model  # end_to_end: the spread of the feature term against SASRec's over the candidates
-    gen = torch.Generator().manual_seed(0)
-    seq = pad_left(ws.data.history("valid"), ws.cfg.max_seq_len)
-    targets = torch.tensor([int(t[0]) for t in ws.data.held_out("valid")])
-    users = torch.arange(len(seq))
-    cands = torch.cat([targets[:, None], torch.randint(1, ws.data.num_items + 1, (len(seq), 100), generator=gen)], 1)
-    ratios = []
-    for start in range(0, len(seq), 128):
-        part = slice(start, start + 128)
-        o = model(users[part], seq[part], cands[part], return_components=True)
-        feature = o["scores"] - o["sasrec_scores"]
-        ratios.append(feature.std(1) / o["sasrec_scores"].std(1))
-    out["feature_to_sasrec_spread"] = float(torch.cat(ratios).mean())
+    out["sampled_end_to_end"] = sampled_scores(ws)
     out["sasrec_run_valid"] = valid_ndcg(load_run(sasrec_dir, "best-pretrain_sasrec.pt"))
     return out
 
 
+def late_fusion_row(run_dir: Path) -> dict[str, Any]:
+    """``late-fusion``: the retriever trained on top of the fixed SASRec (pretrain_retriever): its
+    sampled ranking of training targets against held-out ones, beside SASRec's."""
+    return {"sampled_pretrain_retriever": sampled_scores(load_run(run_dir, "best-pretrain_retriever.pt"))}
+
+
 def collect(root: Path, seeds: list[int]) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    for row in (*SASREC_ROWS, "feature-fusion"):
+    for row in (*SASREC_ROWS, "late-fusion", "feature-fusion"):
         for seed in seeds:
             run_dir = root / f"{row}-{seed}"
             if not (run_dir / "ablation.json").is_file():
                 continue
             print(f"{row}, seed {seed}", file=sys.stderr, flush=True)
-            rec = feature_row(run_dir, root / f"sasrec-{seed}") if row == "feature-fusion" else sasrec_row(run_dir, row)
+            if row == "feature-fusion":
+                rec = feature_row(run_dir, root / f"sasrec-{seed}")
+            else:
+                rec = late_fusion_row(run_dir) if row == "late-fusion" else sasrec_row(run_dir, row)
             rows.setdefault(row, {})[str(seed)] = rec
     return rows
 
@@ -186,12 +221,27 @@ def markdown(result: dict[str, Any]) -> list[str]:
     per_seed = rows.get("feature-fusion", {})
     if per_seed:
         md += ["", "## Feature fusion: the learned feature or SASRec's drift? (validation NDCG@10)", "",
+               "Full ranking except the last two columns: NDCG@10 of the target among itself and 100 random items "
+               "(sampled, a diagnostic), for the validation item and for each user's last training item.", "",
                "| seed | sasrec run | joint_finetune: SASRec branch | end_to_end: SASRec branch | end_to_end: fused "
-               "| feature / SASRec score spread |", "|---|---:|---:|---:|---:|---:|"]
+               "| feature / SASRec score spread | sampled, validation item: branch → fused "
+               "| sampled, last training item: branch → fused |", "|---|---:|---:|---:|---:|---:|---|---|"]
         for seed, p in per_seed.items():
+            v, t = p["sampled_end_to_end"]["valid"], p["sampled_end_to_end"]["train"]
             md.append(f"| {seed} | {p['sasrec_run_valid']:.4f} | {p['sasrec_branch_valid_joint_finetune']:.4f} | "
                       f"{p['sasrec_branch_valid_end_to_end']:.4f} | {p['fused_valid_end_to_end']:.4f} | "
-                      f"{p['feature_to_sasrec_spread']:.2f} |")
+                      f"{v['added_spread']:.2f} | {v['sasrec_scores']:.4f} → {v['scores']:.4f} | "
+                      f"{t['sasrec_scores']:.4f} → {t['scores']:.4f} |")
+    per_seed = rows.get("late-fusion", {})
+    if per_seed:
+        md += ["", "## Late fusion: the retriever (pretrain_retriever) on training targets and held-out ones", "",
+               "NDCG@10 of the target among itself and 100 random items (sampled, a diagnostic).", "",
+               "| seed | validation item: SASRec | validation item: retriever | last training item: SASRec "
+               "| last training item: retriever |", "|---|---:|---:|---:|---:|"]
+        for seed, p in per_seed.items():
+            v, t = p["sampled_pretrain_retriever"]["valid"], p["sampled_pretrain_retriever"]["train"]
+            md.append(f"| {seed} | {v['sasrec_scores']:.4f} | {v['retriever_scores']:.4f} | {t['sasrec_scores']:.4f} "
+                      f"| {t['retriever_scores']:.4f} |")
     md.append("")
     return md
 

@@ -92,14 +92,15 @@ def test_text_ablation_runs_each_row_resumes_and_aggregates(tmp_path: Path) -> N
 
 
 def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
-    """bench/text_ablation_reasons.py on a quick-profile ablation (sasrec and item-init, one seed):
-    it trains nothing, measures each row's validation score as the ablation did, bounded R² and
-    cosines, and notebook 05's table shows one row per trained row."""
+    """bench/text_ablation_reasons.py on a quick-profile ablation (sasrec, item-init and late fusion, one
+    seed): it trains nothing, measures each SASRec-family row's validation score as the ablation did,
+    bounded R² and cosines, late fusion's sampled scores on training and held-out targets, and notebook
+    05's table shows one row per SASRec-family row."""
     runs, data = tmp_path / "runs", tmp_path / "data"
     train = [sys.executable, str(REPO / "bench" / "text_ablation.py"), "--root", str(runs),
              "--config", str(REPO / "configs" / "quick.yaml"), "--set", f"data_dir={data}", "--set", "sasrec_epochs=1",
-             "--rows", "sasrec", "item-init", "--seeds", "2020", "--jobs", "1", "--threads", "1",
-             "--results", str(tmp_path), "--json"]
+             "--set", "epochs_per_stage=1", "--rows", "sasrec", "item-init", "late-fusion", "--seeds", "2020",
+             "--jobs", "1", "--threads", "1", "--results", str(tmp_path), "--json"]
     out = subprocess.run(train, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     ablation = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
@@ -109,8 +110,11 @@ def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])["rows"]
-    assert list(rows) == ["sasrec", "item-init"]
+    assert list(rows) == ["sasrec", "item-init", "late-fusion"]
     assert sorted(p.stat().st_mtime_ns for p in runs.rglob("*.pt")) == before  # nothing trained or rewritten
+    sampled = rows.pop("late-fusion")["2020"]["sampled_pretrain_retriever"]
+    assert set(sampled) == {"valid", "train"}
+    assert all(0.0 <= v[k] <= 1.0 for v in sampled.values() for k in ("scores", "sasrec_scores", "retriever_scores"))
     for name, per_seed in rows.items():
         rec = per_seed["2020"]
         assert rec["valid_ndcg@10"] == pytest.approx(ablation[name]["valid ndcg@10"]["mean"])

@@ -211,7 +211,7 @@ def text_ablation_reasons_table(path: Path = TEXT_ABLATION_REASONS) -> pd.DataFr
     rows = []
     for name in result["row_order"]:
         per_seed = result["rows"][name]
-        if name == "feature-fusion":  # its own measures: README and the results file's second table
+        if name in ("late-fusion", "feature-fusion"):  # their own measures: the results file's other tables
             continue
         seeds = list(per_seed.values())
         cells = {label: round(sum(s[key] for s in seeds) / len(seeds), 4)
