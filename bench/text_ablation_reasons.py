@@ -25,6 +25,8 @@ ranking, known items excluded) and measures, per seed, what each integration did
   target among those 101 (sampled, a diagnostic only), for the validation item and for each user's
   last training item (input: the items before it): a feature that helps on training targets and
   hurts on held-out ones has learned something true of training targets only.
+- ``late-fusion``: the same sampled ranking of training and held-out targets by the retriever of its
+  ``pretrain_retriever`` checkpoint (trained on top of the fixed SASRec), beside SASRec's.
 """
 
 from __future__ import annotations
