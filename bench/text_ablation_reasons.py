@@ -2,31 +2,30 @@
 
     python bench/text_ablation_reasons.py [--root runs/text-ablation] [--seeds 2020 ...] [--json]
 
-Reads the finished runs of ``bench/text_ablation.py`` (nothing is trained; validation only, full
-ranking, known items excluded) and measures, per seed, what each integration did with its text:
+Reads the finished runs of ``bench/text_ablation.py`` (nothing is trained; validation only, on the
+CPU, one thread) and measures, per seed, what each integration did with its text:
 
-- every SASRec-family row: how much of the learned item space the item texts explain: the 5-fold
-  cross-validated R² of a linear map from the item texts' whitened principal components (as many as
-  SASRec's hidden dimensions) to the run's item vectors (the vectors SASRec scores with). ID-only
-  SASRec never saw the texts, so its R² is what text could have told it; a row whose vectors the texts
-  explain no better used no more.
-- ``item-init``: the cosine between each item's ID vector at the start (the text components) and
+- every SASRec-family row: its best checkpoint's validation NDCG@10 (full ranking, known items
+  excluded; the difference from the same seed's ``sasrec`` run), and how much of the learned item
+  space the item texts explain: the 5-fold cross-validated R² of a linear map from the item texts'
+  whitened principal components (as many as SASRec's hidden dimensions) to the item vectors SASRec
+  scores with. ID-only SASRec never saw the texts, so its R² is what text could have told it.
+- ``item-init``: the cosine between each item's ID vector at the start (its text components) and
   after training: how much of the starting point survives.
 - ``item-add``: the text path's share of the item vectors (‖A t‖² over ‖e + A t‖², mean over items),
   for all items and for rare ones (≤ 10 training interactions).
 - ``item-alphafuse``: the frozen text dimensions' share of the item vectors (learned scale included).
 - ``user-distill`` / ``user-distill-demo``: how well the distillation head recovers each user's text
   from SASRec's representation of the user's training history (mean cosine), against another user's
-  text (chance), and the training loss's last epoch beside ID-only SASRec's.
-- ``feature-fusion``: the ``end_to_end`` checkpoint's SASRec branch alone on validation, beside the
-  fused scorer (its ``eval.json``), the ``joint_finetune`` checkpoint and the ``sasrec`` run: whether
-  the learned feature or SASRec's own drift costs validation; the feature term's score spread
-  relative to SASRec's over each validation user's target and 100 random items, and NDCG@10 of the
-  target among those 101 (sampled, a diagnostic only), for the validation item and for each user's
-  last training item (input: the items before it): a feature that helps on training targets and
-  hurts on held-out ones has learned something true of training targets only.
-- ``late-fusion``: the same sampled ranking of training and held-out targets by the retriever of its
-  ``pretrain_retriever`` checkpoint (trained on top of the fixed SASRec), beside SASRec's.
+  text (chance), and how alike two users' texts are to begin with.
+- ``feature-fusion``: the ``end_to_end`` checkpoint's SASRec branch alone (full ranking) beside the
+  fused scorer (two-stage, from its ``eval.json``), the ``joint_finetune`` checkpoint and the
+  ``sasrec`` run: whether the learned feature or SASRec's own drift costs validation. Then sampled
+  diagnostics (``sampled_scores``): NDCG@10 of a target among itself and 100 sampled items for the
+  validation item and for each user's last training item, SASRec's branch against the fused score,
+  and the feature term's score spread relative to SASRec's.
+- ``late-fusion``: the same sampled diagnostics for the retriever of its ``pretrain_retriever``
+  checkpoint (trained on top of the fixed SASRec), beside SASRec's.
 """
 
 from __future__ import annotations
@@ -47,10 +46,12 @@ sys.path.insert(0, str(ROOT))
 from bench.publish import RESULTS, publish  # noqa: E402
 from ur4rec.config import load_config  # noqa: E402
 from ur4rec.data.batching import pad_left  # noqa: E402
+from ur4rec.evaluation.evaluate import sampled_negatives  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
 from ur4rec.evaluation.scoring import sasrec_scorer  # noqa: E402
 from ur4rec.models.item_text import whitened_components  # noqa: E402
-from ur4rec.training.checkpoint import load_checkpoint  # noqa: E402
+from ur4rec.texts.leakage import build_title_index, find_mentions  # noqa: E402
+from ur4rec.training.checkpoint import load_checkpoint, run_fingerprint  # noqa: E402
 from ur4rec.training.run import build_workspace  # noqa: E402
 
 SEEDS = (2020, 2021, 2022, 2023, 2024)
@@ -71,9 +72,11 @@ def cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
 
 
 def load_run(run_dir: Path, checkpoint: str):
-    cfg = load_config(run_dir / "config.yaml")
+    """The run's workspace on the CPU with ``checkpoint`` loaded, refused if the data or texts changed."""
+    cfg = load_config(run_dir / "config.yaml", ["device=cpu"])
     ws = build_workspace(cfg)
-    ws.model.load_state_dict(load_checkpoint(run_dir / checkpoint)["model"])
+    expected = run_fingerprint(cfg, ws.data.fingerprint, ws.text_fingerprint)
+    ws.model.load_state_dict(load_checkpoint(run_dir / checkpoint, expected)["model"])
     ws.model.eval()
     return ws
 
@@ -83,19 +86,13 @@ def valid_ndcg(ws) -> float:
     return float(res.summary["ndcg@10"])
 
 
-def last_loss(run_dir: Path) -> float:
-    lines = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines() if x.strip()]
-    return float([r for r in lines if r["stage"] == "pretrain_sasrec"][-1]["loss_sasrec"])
-
-
 @torch.no_grad()
 def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
     ws = load_run(run_dir, "best-pretrain_sasrec.pt")
     sasrec = ws.model.sasrec
     vectors = sasrec.item_vectors()[1:].double().numpy()
     text = whitened_components(ws.texts.item, sasrec.hidden_dim)[1:].double().numpy()
-    out: dict[str, Any] = {"valid_ndcg@10": valid_ndcg(ws), "text_r2": cv_r2(text, vectors),
-                           "last_epoch_loss": last_loss(run_dir)}
+    out: dict[str, Any] = {"valid_ndcg@10": valid_ndcg(ws), "text_r2": cv_r2(text, vectors)}
     rare = ws.data.item_popularity()[1:] <= RARE_MAX_COUNT
     if row == "item-init":
         start = whitened_components(ws.texts.item, sasrec.hidden_dim)[1:] * sasrec.init_std
@@ -121,6 +118,8 @@ def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
         out["distill_cosine"] = float((pred * target[users]).sum(-1).mean())
         other = torch.roll(users, 1)  # another user's text: the chance level
         out["distill_cosine_other_user"] = float((pred * target[other]).sum(-1).mean())
+        # how alike the users' texts are to begin with: what "another user's" can share with one's own
+        out["text_cosine_between_users"] = float((target[users] * target[other]).sum(-1).mean())
     out["rare_items"] = int(rare.sum())
     return out
 
@@ -133,30 +132,45 @@ def sampled_ndcg10(scores: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sampled_scores(ws) -> dict[str, dict[str, float]]:
-    """Per case, mean NDCG@10 of the target among itself and 100 random items (sampled; a diagnostic
-    only) for each score the fused model computes, and the spread of the part it adds to SASRec's
-    score relative to SASRec's own. Cases: "valid", the held-out item after the training history;
-    "train", each user's last training item after the items before it. A text part that helps on
-    training targets and hurts on held-out ones learned something true of training targets only."""
-    model, gen, train = ws.model, torch.Generator().manual_seed(0), ws.data.train_sequences()
-    cases = {"valid": (pad_left(train, ws.cfg.max_seq_len), [int(t[0]) for t in ws.data.held_out("valid")]),
-             "train": (pad_left([t[:-1] for t in train], ws.cfg.max_seq_len), [int(t[-1]) for t in train])}
+    """Per case, mean NDCG@10 of the target among itself and 100 sampled items (a diagnostic only) for
+    each score the fused model computes, and the spread of the part text adds to the score relative to
+    SASRec's part. The 100 items are the project's sampled negatives of validation (never a known or
+    held-out item of the user; the same for every case, so the cases are paired). Cases: "valid", the
+    held-out item after the training history; "train", each user's last training item after the items
+    before it, for users whose preference text does not name it; "train_named", those whose text
+    names it (the template's best-rated titles include it for some users: then the text part reads its
+    target). A text part that helps on training targets and hurts on held-out ones learned something
+    true of training targets only."""
+    model, data, max_len = ws.model, ws.data, ws.cfg.max_seq_len
+    train, valid = data.train_sequences(), data.held_out("valid")
+    negatives = sampled_negatives(data, "valid", 100, "uniform", ws.cfg.seed)
+    index = build_title_index(data.items, data.num_items)
+    users = np.array([u for u in range(data.num_users) if len(train[u]) >= 2 and len(valid[u])])
+    named = np.array([int(train[u][-1]) in find_mentions(ws.texts.user_texts[u] or "", index) for u in users])
+    cases = {"valid": (users, [train[u] for u in users], [int(valid[u][0]) for u in users])}
+    for case, keep in (("train", ~named), ("train_named", named)):
+        chosen = users[keep]
+        cases[case] = (chosen, [train[u][:-1] for u in chosen], [int(train[u][-1]) for u in chosen])
     out: dict[str, dict[str, float]] = {}
-    for case, (seq, target) in cases.items():
-        users = torch.arange(len(seq))
-        cands = torch.cat([torch.tensor(target)[:, None],
-                           torch.randint(1, ws.data.num_items + 1, (len(seq), 100), generator=gen)], 1)
+    for case, (who, hist, target) in cases.items():
+        who_t = torch.as_tensor(who)
+        seq = pad_left(hist, max_len)
+        cands = torch.cat([torch.tensor(target)[:, None], negatives[who_t]], 1)
         parts: dict[str, list[torch.Tensor]] = {"scores": [], "sasrec_scores": [], "retriever_scores": [],
                                                 "added_spread": []}
-        for start in range(0, len(seq), 128):
+        for start in range(0, len(who), 128):
             part = slice(start, start + 128)
-            o = model(users[part], seq[part], cands[part], return_components=True)
+            o = model(who_t[part], seq[part], cands[part], return_components=True)
             for key in ("scores", "sasrec_scores", "retriever_scores"):
                 parts[key].append(sampled_ndcg10(o[key]))
-            added = o["scores"] - o["fusion_weights"][:, :1] * o["sasrec_scores"] / model.scale.spread[0] \
-                if model.feature is None else o["scores"] - o["sasrec_scores"]
-            parts["added_spread"].append(added.std(1) / o["sasrec_scores"].std(1))
-        out[case] = {key: float(torch.cat(v).mean()) for key, v in parts.items()}
+            if model.feature is not None:  # score = SASRec's + the feature's
+                base = o["sasrec_scores"]
+            else:  # score = w_s * SASRec / spread_s + w_r * retriever / spread_r
+                base = o["fusion_weights"][:, :1] * o["sasrec_scores"] / model.scale.spread[0]
+            parts["added_spread"].append((o["scores"] - base).std(1) / base.std(1))
+        # a case without users (e.g. no text names a training item) gives NaN, shown as such
+        out[case] = {key: float(torch.cat(v).mean()) if v else float("nan") for key, v in parts.items()}
+        out[case]["users"] = len(who)
     return out
 
 
@@ -201,49 +215,61 @@ def mean(values: list[float]) -> str:
 
 def markdown(result: dict[str, Any]) -> list[str]:
     rows = {name: result["rows"][name] for name in result["row_order"]}
+    base = rows.get("sasrec", {})
     md = ["# Text ablation: what each row did with its text (validation, trained runs of bench/text_ablation.py)", "",
-          f"Runs in `{result['root']}`; nothing trained; means over the seeds each row has.", "",
-          "| row | seeds | valid NDCG@10 | text R² of item vectors | last-epoch loss | row's own measure |",
+          f"Runs in `{result['root']}`; nothing trained; means over the seeds each row has (Δ: against the "
+          "same seeds' `sasrec` runs).", "",
+          "| row | seeds | valid NDCG@10 (full ranking) | Δ vs sasrec | text R² of item vectors | row's own measure |",
           "|---|---:|---:|---:|---:|---|"]
     for row in SASREC_ROWS:
-        per = list(rows.get(row, {}).values())
+        per = rows.get(row, {})
         if not per:
             continue
+        values = list(per.values())
+        delta = [p["valid_ndcg@10"] - base[s]["valid_ndcg@10"] for s, p in per.items() if s in base]
         own = ""
         if row == "item-init":
-            own = f"cosine to the text start {mean([p['init_cosine'] for p in per])}"
+            own = f"cosine to the text start {mean([p['init_cosine'] for p in values])}"
         elif row in ("item-add", "item-alphafuse"):
-            own = (f"text share of item vectors {mean([p['text_share'] for p in per])} "
-                   f"(rare items {mean([p['text_share_rare'] for p in per])})")
+            own = (f"text share of item vectors {mean([p['text_share'] for p in values])} "
+                   f"(rare items {mean([p['text_share_rare'] for p in values])})")
         elif row.startswith("user-distill"):
-            own = (f"head→own text cosine {mean([p['distill_cosine'] for p in per])} "
-                   f"(another user's {mean([p['distill_cosine_other_user'] for p in per])})")
-        md.append(f"| {row} | {len(per)} | {np.mean([p['valid_ndcg@10'] for p in per]):.4f} | "
-                  f"{mean([p['text_r2'] for p in per])} | {mean([p['last_epoch_loss'] for p in per])} | {own} |")
+            own = (f"head→own text cosine {mean([p['distill_cosine'] for p in values])} "
+                   f"(another user's {mean([p['distill_cosine_other_user'] for p in values])}; two users' texts "
+                   f"{mean([p['text_cosine_between_users'] for p in values])})")
+        md.append(f"| {row} | {len(values)} | {np.mean([p['valid_ndcg@10'] for p in values]):.4f} | "
+                  f"{'' if row == 'sasrec' or not delta else f'{np.mean(delta):+.4f}'} | "
+                  f"{mean([p['text_r2'] for p in values])} | {own} |")
+    sampled_note = ("Sampled (a diagnostic): NDCG@10 of the target among itself and the user's 100 sampled "
+                    "validation negatives (never a known or held-out item), for the validation item and for each "
+                    "user's last training item after the items before it; *named*: users whose preference text "
+                    "names that training item (the text part reads its target), *not named*: the others.")
     per_seed = rows.get("feature-fusion", {})
     if per_seed:
         md += ["", "## Feature fusion: the learned feature or SASRec's drift? (validation NDCG@10)", "",
-               "Full ranking except the last two columns: NDCG@10 of the target among itself and 100 random items "
-               "(sampled, a diagnostic), for the validation item and for each user's last training item.", "",
+               "Columns 2–4: full ranking of SASRec alone; column 5: the fused scorer, two-stage (its `eval.json`). "
+               + sampled_note, "",
                "| seed | sasrec run | joint_finetune: SASRec branch | end_to_end: SASRec branch | end_to_end: fused "
-               "| feature / SASRec score spread | sampled, validation item: branch → fused "
-               "| sampled, last training item: branch → fused |", "|---|---:|---:|---:|---:|---:|---|---|"]
+               "| feature / SASRec score spread (sampled) | sampled, validation item: branch → fused "
+               "| sampled, last training item not named: branch → fused | named: branch → fused |",
+               "|---|---:|---:|---:|---:|---:|---|---|---|"]
         for seed, p in per_seed.items():
-            v, t = p["sampled_end_to_end"]["valid"], p["sampled_end_to_end"]["train"]
+            c = p["sampled_end_to_end"]
+            sampled = [f"{c[k]['sasrec_scores']:.4f} → {c[k]['scores']:.4f}" for k in ("valid", "train", "train_named")]
             md.append(f"| {seed} | {p['sasrec_run_valid']:.4f} | {p['sasrec_branch_valid_joint_finetune']:.4f} | "
                       f"{p['sasrec_branch_valid_end_to_end']:.4f} | {p['fused_valid_end_to_end']:.4f} | "
-                      f"{v['added_spread']:.2f} | {v['sasrec_scores']:.4f} → {v['scores']:.4f} | "
-                      f"{t['sasrec_scores']:.4f} → {t['scores']:.4f} |")
+                      f"{c['valid']['added_spread']:.2f} | " + " | ".join(sampled) + " |")
     per_seed = rows.get("late-fusion", {})
     if per_seed:
         md += ["", "## Late fusion: the retriever (pretrain_retriever) on training targets and held-out ones", "",
-               "NDCG@10 of the target among itself and 100 random items (sampled, a diagnostic).", "",
-               "| seed | validation item: SASRec | validation item: retriever | last training item: SASRec "
-               "| last training item: retriever |", "|---|---:|---:|---:|---:|"]
+               sampled_note, "",
+               "| seed | validation item: SASRec → retriever | last training item not named: SASRec → retriever "
+               "| named: SASRec → retriever | users named |", "|---|---|---|---|---:|"]
         for seed, p in per_seed.items():
-            v, t = p["sampled_pretrain_retriever"]["valid"], p["sampled_pretrain_retriever"]["train"]
-            md.append(f"| {seed} | {v['sasrec_scores']:.4f} | {v['retriever_scores']:.4f} | {t['sasrec_scores']:.4f} "
-                      f"| {t['retriever_scores']:.4f} |")
+            c = p["sampled_pretrain_retriever"]
+            md.append(f"| {seed} | " + " | ".join(f"{c[k]['sasrec_scores']:.4f} → {c[k]['retriever_scores']:.4f}"
+                                                  for k in ("valid", "train", "train_named"))
+                      + f" | {c['train_named']['users']} of {c['valid']['users']} |")
     md.append("")
     return md
 

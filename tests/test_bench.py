@@ -113,8 +113,10 @@ def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
     assert list(rows) == ["sasrec", "item-init", "late-fusion"]
     assert sorted(p.stat().st_mtime_ns for p in runs.rglob("*.pt")) == before  # nothing trained or rewritten
     sampled = rows.pop("late-fusion")["2020"]["sampled_pretrain_retriever"]
-    assert set(sampled) == {"valid", "train"}
-    assert all(0.0 <= v[k] <= 1.0 for v in sampled.values() for k in ("scores", "sasrec_scores", "retriever_scores"))
+    assert set(sampled) == {"valid", "train", "train_named"}
+    assert sampled["train"]["users"] + sampled["train_named"]["users"] == sampled["valid"]["users"] == 120
+    assert all(0.0 <= v[k] <= 1.0 for v in sampled.values() if v["users"]
+               for k in ("scores", "sasrec_scores", "retriever_scores"))
     for name, per_seed in rows.items():
         rec = per_seed["2020"]
         assert rec["valid_ndcg@10"] == pytest.approx(ablation[name]["valid ndcg@10"]["mean"])

@@ -191,12 +191,12 @@ TEXT_ABLATION_REASONS = PROJECT_ROOT / "bench" / "results" / "text_ablation_reas
 REASON_MEASURES = {
     "valid_ndcg@10": "valid ndcg@10",
     "text_r2": "text R² of item vectors",
-    "last_epoch_loss": "last-epoch training loss",
     "init_cosine": "cosine to the text start",
     "text_share": "text share of item vectors",
     "text_share_rare": "text share, rare items",
     "distill_cosine": "head → own text cosine",
     "distill_cosine_other_user": "head → another user's text cosine",
+    "text_cosine_between_users": "two users' texts cosine",
 }
 
 
