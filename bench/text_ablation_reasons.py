@@ -47,6 +47,7 @@ from bench.publish import RESULTS, publish  # noqa: E402
 from ur4rec.config import load_config  # noqa: E402
 from ur4rec.data.batching import pad_left  # noqa: E402
 from ur4rec.evaluation.evaluate import sampled_negatives  # noqa: E402
+from ur4rec.evaluation.metrics import metrics_from_ranks  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
 from ur4rec.evaluation.scoring import sasrec_scorer  # noqa: E402
 from ur4rec.models.item_text import whitened_components  # noqa: E402
@@ -126,8 +127,8 @@ def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
 
 def sampled_ndcg10(scores: torch.Tensor) -> torch.Tensor:
     """Per-row NDCG@10 of column 0 (the target) among the row's candidates (ties count against it)."""
-    rank = (scores[:, 1:] >= scores[:, :1]).sum(1)
-    return torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2), torch.zeros_like(rank, dtype=torch.double))
+    rank = 1 + (scores[:, 1:] >= scores[:, :1]).sum(1)
+    return torch.as_tensor(metrics_from_ranks(rank, ks=[10])["ndcg@10"])
 
 
 @torch.no_grad()
