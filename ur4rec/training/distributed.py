@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 
 from ur4rec.errors import ConfigError
+from ur4rec.io import atomic_write_text
 
 #: how long a process waits in a collective for the others (rank 0 validates alone between steps)
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -202,9 +203,11 @@ def launched() -> bool:
 
 
 def report_error(message: str) -> None:
-    """Rank 0 of a launched run: leave ``message`` for ``launch`` to report as the run's error."""
-    if launched() and os.environ.get("RANK", "0") == "0" and ERROR_FILE_ENV in os.environ:
-        Path(os.environ[ERROR_FILE_ENV]).write_text(message, encoding="utf-8")
+    """A process of a launched run: leave ``message`` for ``launch`` to report as the run's error. Every
+    rank leaves its own file: the first process to fail makes torchrun stop the others, so rank 0 may
+    be stopped before it writes (``launch`` prefers rank 0's message, else the lowest rank's)."""
+    if launched() and ERROR_FILE_ENV in os.environ:
+        atomic_write_text(Path(f"{os.environ[ERROR_FILE_ENV]}.{os.environ.get('RANK', '0')}"), message)
 
 
 def launch(nproc: int, argv: Sequence[str]) -> tuple[int, str | None]:
@@ -230,4 +233,5 @@ def launch(nproc: int, argv: Sequence[str]) -> tuple[int, str | None]:
         finally:
             for sig, handler in forwarded.items():
                 signal.signal(sig, handler)
-        return code, (error.read_text(encoding="utf-8") if error.is_file() else None)
+        reports = sorted(Path(tmp).glob(f"{error.name}.*"), key=lambda f: int(f.suffix[1:]))
+        return code, (reports[0].read_text(encoding="utf-8") if reports else None)
