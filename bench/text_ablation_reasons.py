@@ -15,6 +15,8 @@ CPU, one thread) and measures, per seed, what each integration did with its text
 - ``item-add``: the text path's share of the item vectors (‖A t‖² over ‖e + A t‖², mean over items),
   for all items and for rare ones (≤ 10 training interactions).
 - ``item-alphafuse``: the frozen text dimensions' share of the item vectors (learned scale included).
+- every SASRec-family row: how much of each user's gender and age its user representation holds
+  (cross-validated linear probes): what demographics in the user text (``user-distill-demo``) can add.
 - ``user-distill`` / ``user-distill-demo``: how well the distillation head recovers each user's text
   from SASRec's representation of the user's training history (mean cosine), against another user's
   text (chance), and how alike two users' texts are to begin with.
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +73,54 @@ def cv_r2(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> float:
         coef, *_ = np.linalg.lstsq(xb[train], y[train], rcond=None)
         residual += float(((xb[part] @ coef - y[part]) ** 2).sum())
     return 1.0 - residual / float(((y - y.mean(0)) ** 2).sum())
+
+
+RIDGE_GRID = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge on standardised x (intercept unpenalised): (coef, mean, scale)."""
+    mu, sd = x.mean(0), x.std(0) + 1e-12
+    z = (x - mu) / sd
+    coef = np.linalg.solve(z.T @ z + lam * np.eye(z.shape[1]), z.T @ (y - y.mean()))
+    return np.append(coef, y.mean()), mu, sd
+
+
+def ridge_cv_predict(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Out-of-fold ridge predictions, the penalty chosen per outer fold by an inner cross-validation on
+    that fold's training users only (a probe that cannot fit noise into its score)."""
+    def oof(x: np.ndarray, y: np.ndarray, lam: float | None, rng_seed: int) -> np.ndarray:
+        order = np.random.default_rng(rng_seed).permutation(len(x))
+        pred = np.empty(len(x))
+        for part in np.array_split(order, folds):
+            train = np.setdiff1d(order, part)
+            best = lam
+            if best is None:
+                errors = [((oof(x[train], y[train], g, rng_seed + 1) - y[train]) ** 2).mean() for g in RIDGE_GRID]
+                best = RIDGE_GRID[int(np.argmin(errors))]
+            coef, mu, sd = ridge_fit(x[train], y[train], best)
+            pred[part] = ((x[part] - mu) / sd) @ coef[:-1] + coef[-1]
+        return pred
+    return oof(x, y, None, seed)
+
+
+def demographics_probe(users: pd.DataFrame, num_users: int, h: np.ndarray) -> dict[str, float]:
+    """How much of a user's gender and age SASRec's user representation ``h`` already holds (5-fold
+    cross-validated ridge probes, ``ridge_cv_predict``; users without the attribute left out): what
+    demographics in the user text could add to it. Gender: accuracy beside the majority rate; age: R²."""
+    table = users.set_index("user").reindex(range(num_users))
+    out: dict[str, float] = {}
+    if "gender" in table and table["gender"].notna().any():
+        known = table["gender"].isin(["M", "F"]).to_numpy()
+        female = (table["gender"][known] == "F").to_numpy(float)
+        out["gender_accuracy"] = float(((ridge_cv_predict(h[known], female) > 0.5) == (female > 0.5)).mean())
+        out["gender_majority"] = float(max(female.mean(), 1 - female.mean()))
+    if "age" in table and table["age"].notna().any():
+        known = table["age"].notna().to_numpy()
+        age = table["age"][known].to_numpy(float)
+        residual = ((ridge_cv_predict(h[known], age) - age) ** 2).sum()
+        out["age_r2"] = float(1 - residual / ((age - age.mean()) ** 2).sum())
+    return out
 
 
 def load_run(run_dir: Path, checkpoint: str):
@@ -110,9 +161,10 @@ def sasrec_row(run_dir: Path, row: str) -> dict[str, Any]:
         out["text_share"] = float(share.mean())
         out["text_share_rare"] = float(share[rare].mean())
         out["text_scale"] = float(sasrec.item_text.text_scale)
+    seq = pad_left(ws.data.history("valid"), ws.cfg.max_seq_len)
+    h = sasrec.user_representation(seq)
+    out.update(demographics_probe(ws.data.users, ws.data.num_users, h.double().numpy()))
     if sasrec.user_text is not None:
-        seq = pad_left(ws.data.history("valid"), ws.cfg.max_seq_len)
-        h = sasrec.user_representation(seq)
         pred = F.normalize(sasrec.user_text.head(h), dim=-1)
         target = sasrec.user_text.target
         users = torch.arange(len(seq))
@@ -220,8 +272,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
     md = ["# Text ablation: what each row did with its text (validation, trained runs of bench/text_ablation.py)", "",
           f"Runs in `{result['root']}`; nothing trained; means over the seeds each row has (Δ: against the "
           "same seeds' `sasrec` runs).", "",
-          "| row | seeds | valid NDCG@10 (full ranking) | Δ vs sasrec | text R² of item vectors | row's own measure |",
-          "|---|---:|---:|---:|---:|---|"]
+          "Demographics: 5-fold cross-validated ridge probes (penalty chosen inside each training fold) of each "
+          "user's gender (accuracy; the majority "
+          "rate in brackets) and age (R²) from SASRec's representation of the user's training history: what "
+          "the demographics a template text can add (`user-distill-demo`) are already worth to SASRec.", "",
+          "| row | seeds | valid NDCG@10 (full ranking) | Δ vs sasrec | text R² of item vectors "
+          "| demographics in the user vector | row's own measure |",
+          "|---|---:|---:|---:|---:|---|---|"]
     for row in SASREC_ROWS:
         per = rows.get(row, {})
         if not per:
@@ -238,9 +295,12 @@ def markdown(result: dict[str, Any]) -> list[str]:
             own = (f"head→own text cosine {mean([p['distill_cosine'] for p in values])} "
                    f"(another user's {mean([p['distill_cosine_other_user'] for p in values])}; two users' texts "
                    f"{mean([p['text_cosine_between_users'] for p in values])})")
+        probe = (f"gender {mean([p['gender_accuracy'] for p in values])} "
+                 f"({mean([p['gender_majority'] for p in values])}), age R² {mean([p['age_r2'] for p in values])}"
+                 if all("age_r2" in p and "gender_accuracy" in p for p in values) else "—")
         md.append(f"| {row} | {len(values)} | {np.mean([p['valid_ndcg@10'] for p in values]):.4f} | "
                   f"{'' if row == 'sasrec' or not delta else f'{np.mean(delta):+.4f}'} | "
-                  f"{mean([p['text_r2'] for p in values])} | {own} |")
+                  f"{mean([p['text_r2'] for p in values])} | {probe} | {own} |")
     sampled_note = ("Sampled (a diagnostic): NDCG@10 of the target among itself and the user's 100 sampled "
                     "validation negatives (never a known or held-out item), for the validation item and for each "
                     "user's last training item after the items before it; *named*: users whose preference text "

@@ -14,6 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.sasrec_patches import PATCHES  # noqa: E402
 from bench.sasrec_variants import parse_variant  # noqa: E402
+from bench.text_ablation_reasons import demographics_probe, ridge_cv_predict  # noqa: E402
 from ur4rec.evaluation.ablations import (  # noqa: E402
     text_ablation_curve,
     text_ablation_reasons_table,
@@ -91,6 +92,33 @@ def test_text_ablation_runs_each_row_resumes_and_aggregates(tmp_path: Path) -> N
     assert json.loads(again.stdout.strip().splitlines()[-1])["rows"] == rows
 
 
+def test_demographics_probe_finds_a_planted_signal_and_not_noise() -> None:
+    """The ridge probe of text_ablation_reasons: out-of-fold, so 64 noise dimensions for 400 users score
+    no better than the majority rate (gender) and R² ≤ ~0 (age), while an attribute written into one
+    dimension is recovered; users without the attribute are left out."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gender = np.where(rng.random(n) < 0.3, "F", "M")
+    age = rng.integers(18, 70, n).astype(float)
+    users = pd.DataFrame({"user": np.arange(n), "age": age, "gender": gender})
+    noise = rng.normal(size=(n, 64))
+    chance = demographics_probe(users, n, noise)
+    assert chance["gender_majority"] == pytest.approx(max((gender == "F").mean(), (gender == "M").mean()))
+    assert chance["gender_accuracy"] <= chance["gender_majority"] + 0.03 and chance["age_r2"] < 0.03
+    planted = noise.copy()
+    planted[:, 0] = (gender == "F") + 0.1 * rng.normal(size=n)
+    planted[:, 1] = (age - age.mean()) / age.std() + 0.3 * rng.normal(size=n)
+    found = demographics_probe(users, n, planted)
+    assert found["gender_accuracy"] > 0.95 and found["age_r2"] > 0.8
+    users.loc[:49, "gender"] = None  # unknown: left out, not counted as either
+    assert demographics_probe(users, n, planted)["gender_accuracy"] > 0.95
+    line = 2.0 * np.arange(50.0) + 1.0
+    assert ridge_cv_predict(np.arange(50.0)[:, None], line) == pytest.approx(line, abs=0.5)
+
+
 def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
     """bench/text_ablation_reasons.py on a quick-profile ablation (sasrec, item-init and late fusion, one
     seed): it trains nothing, measures each SASRec-family row's validation score as the ablation did,
@@ -121,6 +149,7 @@ def test_text_ablation_reasons_reads_the_trained_runs(tmp_path: Path) -> None:
         rec = per_seed["2020"]
         assert rec["valid_ndcg@10"] == pytest.approx(ablation[name]["valid ndcg@10"]["mean"])
         assert -1.0 < rec["text_r2"] <= 1.0
+        assert 0.5 <= rec["gender_majority"] <= 1.0 and 0.0 <= rec["gender_accuracy"] <= 1.0 and rec["age_r2"] <= 1.0
     assert -1.0 <= rows["item-init"]["2020"]["init_cosine"] <= 1.0 and "init_cosine" not in rows["sasrec"]["2020"]
     table = text_ablation_reasons_table(tmp_path / "text_ablation_reasons.json")
     assert list(table.index) == ["sasrec", "item-init"]

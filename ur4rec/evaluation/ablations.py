@@ -191,6 +191,9 @@ TEXT_ABLATION_REASONS = PROJECT_ROOT / "bench" / "results" / "text_ablation_reas
 REASON_MEASURES = {
     "valid_ndcg@10": "valid ndcg@10",
     "text_r2": "text R² of item vectors",
+    "gender_accuracy": "user vector → gender (accuracy)",
+    "gender_majority": "gender majority rate",
+    "age_r2": "user vector → age R²",
     "init_cosine": "cosine to the text start",
     "text_share": "text share of item vectors",
     "text_share_rare": "text share, rare items",
