@@ -95,8 +95,9 @@ def train_untimed(code: Path, commit: str, seeds: list[int], jobs: int) -> None:
         list(pool.map(lambda seed: train(code, baseline_dir(commit, seed, 1), seed, 1, reuse=True), seeds))
 
 
-def per_user_ndcg(run_dir: Path, data, cfg) -> dict[str, np.ndarray]:
-    """Validation and test NDCG@10 per user of the run's best pretrain_sasrec checkpoint."""
+def per_user_ndcg(run_dir: Path, data) -> dict[str, np.ndarray]:
+    """Validation and test NDCG@10 per user of the run's best pretrain_sasrec checkpoint, each history cut
+    to the run's own ``max_seq_len``."""
     payload = torch.load(run_dir / "best-pretrain_sasrec.pt", map_location="cpu", weights_only=False)
     saved = payload["config"]
     model = SASRec(data.num_items, saved["sasrec_hidden_dim"], saved["sasrec_num_blocks"], saved["sasrec_num_heads"],
@@ -107,7 +108,8 @@ def per_user_ndcg(run_dir: Path, data, cfg) -> dict[str, np.ndarray]:
     out = {}
     with torch.no_grad():
         for split in ("valid", "test"):
-            res = evaluate_full_ranking(lambda u, seq: model.full_sort_predict(seq), data, split, cfg.max_seq_len,
+            # each run's own context length: the two defaults need not share it
+            res = evaluate_full_ranking(lambda u, seq: model.full_sort_predict(seq), data, split, saved["max_seq_len"],
                                         ks=[10])
             out[split] = res.per_user["ndcg@10"]
     return out
@@ -145,7 +147,7 @@ def main() -> None:
             else:
                 result = train(ROOT, run_dir, seed, args.threads)
                 seconds, source = result["stages"][0]["seconds"], f"trained here, {args.threads} threads"
-            ndcg = per_user_ndcg(run_dir, data, cfg)
+            ndcg = per_user_ndcg(run_dir, data)
             users[side].append(ndcg["valid"])
             row[side] = {"seconds": seconds, "valid_ndcg@10": float(ndcg["valid"].mean()),
                          "test_ndcg@10": float(ndcg["test"].mean()), "source": source}
