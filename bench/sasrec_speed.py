@@ -1,7 +1,7 @@
 """pretrain_sasrec of the default config against an earlier commit's default: wall time and non-inferiority.
 
     python bench/sasrec_speed.py [--seeds 2023 2024 2025] [--threads 2] [--baseline-commit 8d3b46c]
-                                 [--baseline-timed-seeds 2023] [--untimed-jobs 2] [--json]
+                                 [--baseline-timed-seeds 2023] [--untimed-jobs 2] [--candidate-untimed] [--json]
 
 Both sides train ``pretrain_sasrec`` alone (``ur4rec train --set stages=[pretrain_sasrec]``) per seed
 on ``--threads`` torch threads, one run at a time, so the machine should be otherwise idle. The
@@ -22,6 +22,8 @@ comes from those); the baseline of every other seed is trained first, all at onc
 (``--untimed-jobs`` at a time), and only its validation is used: labelled so. The same seed gives the
 same numbers on one and two threads for this SASRec (README "Against RecBole"). Finished untimed
 baseline runs under bench/.cache/sasrec_speed are reused; timed runs always train afresh.
+``--candidate-untimed`` trains the candidate the same untimed way (for the non-inferiority check alone,
+on a machine that is not idle: no time or ratio is reported then).
 """
 
 from __future__ import annotations
@@ -88,11 +90,18 @@ def baseline_dir(commit: str, seed: int, threads: int) -> Path:
     return CACHE / f"baseline-{commit}-seed{seed}-threads{threads}"
 
 
-def train_untimed(code: Path, commit: str, seeds: list[int], jobs: int) -> None:
-    """The baseline of ``seeds``, ``jobs`` runs at a time, one thread each (their times are not used;
-    finished ones are reused: the baseline's code is fixed by its commit)."""
+def candidate_dir(seed: int, untimed: bool) -> Path:
+    return CACHE / (f"candidate-seed{seed}-untimed" if untimed else f"candidate-seed{seed}")
+
+
+def train_untimed(code: Path, commit: str, seeds: list[int], jobs: int, candidate_seeds: list[int] = ()) -> None:
+    """The baseline of ``seeds`` (and this checkout's runs of ``candidate_seeds``), ``jobs`` runs at a time,
+    one thread each (their times are not used; finished baseline runs are reused: the baseline's code is
+    fixed by its commit; candidate runs are trained afresh, the checkout's code may have changed)."""
+    tasks = [(code, baseline_dir(commit, s, 1), s, True) for s in seeds]
+    tasks += [(ROOT, candidate_dir(s, True), s, False) for s in candidate_seeds]
     with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(lambda seed: train(code, baseline_dir(commit, seed, 1), seed, 1, reuse=True), seeds))
+        list(pool.map(lambda t: train(t[0], t[1], t[2], 1, reuse=t[3]), tasks))
 
 
 def per_user_ndcg(run_dir: Path, data) -> dict[str, np.ndarray]:
@@ -124,19 +133,22 @@ def main() -> None:
                     help="seeds whose baseline is trained (and timed) here (default: all of --seeds)")
     ap.add_argument("--untimed-jobs", type=int, default=2, help="untimed baseline runs at once (one thread each)")
     ap.add_argument("--margin", type=float, default=0.0015)
+    ap.add_argument("--candidate-untimed", action="store_true",
+                    help="train the candidate untimed too (one thread each, --untimed-jobs at once): accuracy only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     timed = args.seeds if args.baseline_timed_seeds is None else args.baseline_timed_seeds
     cfg = load_config()
     data = load_prepared(cfg)
     base_code = worktree(args.baseline_commit)
-    train_untimed(base_code, args.baseline_commit, [s for s in args.seeds if s not in timed], args.untimed_jobs)
+    train_untimed(base_code, args.baseline_commit, [s for s in args.seeds if s not in timed], args.untimed_jobs,
+                  args.seeds if args.candidate_untimed else [])
     rows: dict[int, dict] = {}
     users: dict[str, list[np.ndarray]] = {"baseline": [], "candidate": []}
     for seed in args.seeds:
         row: dict = {}
         for side in ("baseline", "candidate"):
-            run_dir = CACHE / f"candidate-seed{seed}"
+            run_dir = candidate_dir(seed, args.candidate_untimed)
             if side == "baseline" and seed not in timed:
                 run_dir = baseline_dir(args.baseline_commit, seed, 1)
                 seconds, source = None, "trained here on 1 thread beside another run, not timed"
@@ -144,6 +156,8 @@ def main() -> None:
                 run_dir = baseline_dir(args.baseline_commit, seed, args.threads)
                 result = train(base_code, run_dir, seed, args.threads)
                 seconds, source = result["stages"][0]["seconds"], f"trained here, {args.threads} threads"
+            elif args.candidate_untimed:
+                seconds, source = None, "trained here on 1 thread beside other runs, not timed"
             else:
                 result = train(ROOT, run_dir, seed, args.threads)
                 seconds, source = result["stages"][0]["seconds"], f"trained here, {args.threads} threads"
@@ -160,11 +174,11 @@ def main() -> None:
     significant_loss = test["mean_difference"] < 0 and test["p_value"] < 0.05
     ok = mean["candidate"] >= mean["baseline"] - args.margin and not significant_loss
     speedups = [r["speedup"] for r in rows.values() if "speedup" in r]
-    cand_s = [r["candidate"]["seconds"] for r in rows.values()]
+    cand_s = [r["candidate"]["seconds"] for r in rows.values() if r["candidate"]["seconds"]]
     result = {"benchmark": "pretrain_sasrec alone: default config vs an earlier commit's default",
               "baseline_commit": args.baseline_commit, "threads": args.threads, "seeds": args.seeds,
               "per_seed": rows, "mean_valid_ndcg@10": mean, "margin": args.margin, "paired_test_valid": test,
-              "non_inferior": ok, "candidate_seconds_max": max(cand_s),
+              "non_inferior": ok, "candidate_seconds_max": max(cand_s) if cand_s else None,
               "speedup_min": min(speedups) if speedups else None}
     md = [f"# pretrain_sasrec: this checkout's default vs commit {args.baseline_commit}'s default", "",
           f"Seeds {', '.join(map(str, args.seeds))} (no choice was tuned on them), {args.threads} torch threads, "
@@ -178,7 +192,8 @@ def main() -> None:
         b, c = r["baseline"], r["candidate"]
         bs = f"{b['seconds']:.0f}" if b["seconds"] else "not timed here"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "—"
-        md.append(f"| {seed} | {bs} | {c['seconds']:.0f} | {sp} | {b['valid_ndcg@10']:.4f} "
+        cs = f"{c['seconds']:.0f}" if c["seconds"] else "not timed here"
+        md.append(f"| {seed} | {bs} | {cs} | {sp} | {b['valid_ndcg@10']:.4f} "
                   f"| {c['valid_ndcg@10']:.4f} "
                   f"| {b['test_ndcg@10']:.4f} | {c['test_ndcg@10']:.4f} |")
     md += ["", f"Mean validation NDCG@10: baseline {mean['baseline']:.4f}, candidate {mean['candidate']:.4f} "
@@ -186,8 +201,9 @@ def main() -> None:
            f"{test['users']} users (per-user difference averaged over seeds): {test['mean_difference']:+.4f}, "
            f"p = {test['p_value']:.3f}. Non-inferior: **{'yes' if ok else 'no'}**.", ""]
     for seed, r in rows.items():
-        if not r["baseline"]["seconds"]:
-            md.append(f"Seed {seed}'s baseline: {r['baseline']['source']}.")
+        for side in ("baseline", "candidate"):
+            if not r[side]["seconds"]:
+                md.append(f"Seed {seed}'s {side}: {r[side]['source']}.")
     publish("sasrec_speed", result, md, args.json)
 
 

@@ -265,8 +265,9 @@ class Config(BaseModel):
     #: SASRec loss: "ce" (softmax over the catalogue), "bpr" (-logsigmoid(pos-neg)), "bce".
     loss_type: Literal["ce", "bpr", "bce"] = "ce"
     #: Precision of SASRec's training loss: "fp32", or "bf16" (autocast: matrix products in bfloat16,
-    #: fp32 weights, optimizer and softmax; ~1.5x faster a step on a CPU with avx512_bf16, accuracy
-    #: not yet shown to hold). Evaluation is always fp32.
+    #: fp32 weights, optimizer and softmax; ~1.6x faster a step on a CPU with avx512_bf16, slower on
+    #: one without; validation level with fp32 on seeds 2020-2021, README "SASRec speed"). Evaluation
+    #: is always fp32.
     sasrec_precision: Literal["fp32", "bf16"] = "fp32"
     retriever_loss: Literal["bce", "infonce"] = "bce"
     #: Negatives for the retriever and fused losses: "uniform" (num_negatives random items),
