@@ -174,6 +174,9 @@ def main() -> None:
     significant_loss = test["mean_difference"] < 0 and test["p_value"] < 0.05
     ok = mean["candidate"] >= mean["baseline"] - args.margin and not significant_loss
     speedups = [r["speedup"] for r in rows.values() if "speedup" in r]
+    # the config the candidate runs were trained with (the checkout may have changed since, when untimed)
+    cand_cfg = torch.load(candidate_dir(args.seeds[0], args.candidate_untimed) / "best-pretrain_sasrec.pt",
+                          map_location="cpu", weights_only=False)["config"]
     cand_s = [r["candidate"]["seconds"] for r in rows.values() if r["candidate"]["seconds"]]
     result = {"benchmark": "pretrain_sasrec alone: default config vs an earlier commit's default",
               "baseline_commit": args.baseline_commit, "threads": args.threads, "seeds": args.seeds,
@@ -181,8 +184,12 @@ def main() -> None:
               "non_inferior": ok, "candidate_seconds_max": max(cand_s) if cand_s else None,
               "speedup_min": min(speedups) if speedups else None}
     md = [f"# pretrain_sasrec: this checkout's default vs commit {args.baseline_commit}'s default", "",
-          f"Seeds {', '.join(map(str, args.seeds))} (no choice was tuned on them), {args.threads} torch threads, "
-          "one run at a time. Seconds = `StageResult.seconds` (training plus per-epoch validation). "
+          f"Seeds {', '.join(map(str, args.seeds))} (no choice was tuned on them), "
+          + ("one torch thread per run, several at once (untimed). " if args.candidate_untimed else
+             f"{args.threads} torch threads, one run at a time. ")
+          + f"Candidate runs: max_seq_len {cand_cfg['max_seq_len']}, sasrec_precision "
+          f"{cand_cfg.get('sasrec_precision', 'fp32')}. "
+          "Seconds = `StageResult.seconds` (training plus per-epoch validation). "
           "NDCG@10 of the best "
           "validation checkpoint, full ranking, known items excluded; test is reported, not used. "
           "`python bench/sasrec_speed.py`.", "",
