@@ -16,7 +16,7 @@ CPU, one thread) and measures, per seed, what each integration did with its text
   for all items and for rare ones (≤ 10 training interactions).
 - ``item-alphafuse``: the frozen text dimensions' share of the item vectors (learned scale included).
 - every SASRec-family row: how much of each user's gender and age its user representation holds
-  (cross-validated linear probes): what demographics in the user text (``user-distill-demo``) can add.
+  (cross-validated ridge probes): what demographics in the user text (``user-distill-demo``) can add.
 - ``user-distill`` / ``user-distill-demo``: how well the distillation head recovers each user's text
   from SASRec's representation of the user's training history (mean cosine), against another user's
   text (chance), and how alike two users' texts are to begin with.
