@@ -110,7 +110,8 @@ def per_user_ndcg(run_dir: Path, data) -> dict[str, np.ndarray]:
     payload = torch.load(run_dir / "best-pretrain_sasrec.pt", map_location="cpu", weights_only=False)
     saved = payload["config"]
     model = SASRec(data.num_items, saved["sasrec_hidden_dim"], saved["sasrec_num_blocks"], saved["sasrec_num_heads"],
-                   saved["sasrec_dropout"], saved["max_seq_len"], positions=saved.get("sasrec_positions", "from_end"))
+                   saved["sasrec_dropout"], saved["max_seq_len"], positions=saved.get("sasrec_positions", "from_end"),
+                   upper_window=saved.get("sasrec_upper_window"))
     model.load_state_dict({k.removeprefix("sasrec."): v for k, v in payload["model"].items()
                            if k.startswith("sasrec.")})
     model.eval()
@@ -187,8 +188,8 @@ def main() -> None:
           f"Seeds {', '.join(map(str, args.seeds))} (no choice was tuned on them), "
           + ("one torch thread per run, several at once (untimed). " if args.candidate_untimed else
              f"{args.threads} torch threads, one run at a time. ")
-          + f"Candidate runs: max_seq_len {cand_cfg['max_seq_len']}, sasrec_precision "
-          f"{cand_cfg.get('sasrec_precision', 'fp32')}. "
+          + f"Candidate runs: max_seq_len {cand_cfg['max_seq_len']}, sasrec_upper_window "
+          f"{cand_cfg.get('sasrec_upper_window')}, sasrec_precision {cand_cfg.get('sasrec_precision', 'fp32')}. "
           "Seconds = `StageResult.seconds` (training plus per-epoch validation). "
           "NDCG@10 of the best "
           "validation checkpoint, full ranking, known items excluded; test is reported, not used. "

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(**over) -> UR4RecV2MoE:
     cfg = dict(max_seq_len=L, sasrec_hidden_dim=16, sasrec_num_blocks=1, sasrec_num_heads=2, sasrec_dropout=0.1,
-               sasrec_positions="from_end", text_embedding_dim=TEXT, retriever_output_dim=D, moe_num_heads=2,
+               sasrec_positions="from_end", sasrec_upper_window=None, text_embedding_dim=TEXT,
+               retriever_output_dim=D, moe_num_heads=2,
                moe_dropout=0.1, moe_num_proxies=2, max_memory_size=3, update_trigger="EXPLICIT",
                interaction_threshold=3, drift_threshold=0.3, decay_factor=0.8, fusion_method="weighted",
                sasrec_weight=0.5, retriever_weight=0.5, sasrec_item_text="none",

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _cfg(**over) -> SimpleNamespace:
     base = dict(max_seq_len=L, sasrec_hidden_dim=16, sasrec_num_blocks=2, sasrec_num_heads=2, sasrec_dropout=0.0,
-                sasrec_positions="from_end", text_embedding_dim=TEXT, retriever_output_dim=16, moe_num_heads=2,
+                sasrec_positions="from_end", sasrec_upper_window=None, text_embedding_dim=TEXT,
+                retriever_output_dim=16, moe_num_heads=2,
                 moe_dropout=0.0, moe_num_proxies=3, max_memory_size=3, update_trigger="EXPLICIT",
                 interaction_threshold=3, drift_threshold=0.3, decay_factor=0.9, fusion_method="weighted",
                 sasrec_weight=0.5, retriever_weight=0.5, sasrec_item_text="none", sasrec_text_components=4,
@@ -438,17 +439,19 @@ def test_positions_from_start_give_a_window_pass_every_prefix_output() -> None:
         SASRec(N, 16, 2, 2, 0.3, L, positions="middle")
 
 
-@pytest.mark.parametrize("k", [1, 3, L])
-def test_last_k_pass_equals_the_full_pass_in_eval_mode(k: int) -> None:
-    """Grouped prefix samples train with ``last_k``: the last block computes k query rows. Without
-    dropout the hidden states, the loss and every gradient match the full pass."""
+@pytest.mark.parametrize(("k", "blocks", "window"), [(1, 2, None), (3, 2, None), (L, 2, None), (1, 2, 3), (3, 2, 3),
+                                                  (1, 3, 3), (2, 3, 4), (1, 2, 1), (L, 3, 3)])
+def test_last_k_pass_equals_the_full_pass_in_eval_mode(k: int, blocks: int, window: int | None) -> None:
+    """Prefix samples train with ``last_k``: each block computes only the rows the blocks above it
+    read (the last block k; with ``upper_window`` w every block below it w - 1 more per block above).
+    Without dropout the hidden states, the loss and every gradient match the full pass."""
     g = torch.Generator().manual_seed(5)
     seq = _seq(30, L, g)
     tgt = torch.where(torch.arange(L) >= L - k, torch.randint(1, N + 1, seq.shape, generator=g), 0)
     losses, grads = [], []
     for last_k in (None, k):
         torch.manual_seed(0)
-        model = SASRec(N, 16, 2, 2, 0.3, L).eval()
+        model = SASRec(N, 16, blocks, 2, 0.3, L, upper_window=window).eval()
         loss = model.calculate_loss(seq, tgt, last_k=last_k)
         loss.backward()
         losses.append(loss.detach())
@@ -487,3 +490,27 @@ def test_feature_fusion_starts_as_sasrec_alone_and_then_scores_consistently() ->
     loss.backward()
     for part in (model.feature.weight, model.retriever.item_id.weight, model.sasrec.item_embedding.weight):
         assert part.grad is not None and part.grad.abs().sum() > 0
+
+
+def test_upper_window_limits_the_upper_blocks_keys_and_is_the_full_model_when_wide() -> None:
+    """``upper_window`` w: above the first block a query attends to its last w positions only (the
+    first block keeps the whole causal context); a window as long as the input is the model without one."""
+    g = torch.Generator().manual_seed(7)
+    seq = _seq(12, L, g)
+    torch.manual_seed(0)
+    windowed = SASRec(N, 16, 3, 2, 0.3, L, upper_window=3).eval()
+    maps = windowed.attention_maps(seq)  # [B, blocks, heads, L, L]
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    outside = (j > i) | (i - j >= 3)
+    assert maps[:, 1:, :, outside].abs().max() == 0  # the upper blocks read nothing outside the window
+    full_rows = seq[:, 0] != 0  # histories that fill the input: every earlier key is a real item
+    assert maps[full_rows][:, 0, :, i - j >= 3].min() > 0  # the first block reads them all
+    assert torch.allclose(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=1e-5)  # no empty row
+    torch.manual_seed(0)
+    wide = SASRec(N, 16, 3, 2, 0.3, L, upper_window=L)
+    torch.manual_seed(0)
+    plain = SASRec(N, 16, 3, 2, 0.3, L)
+    with torch.no_grad():
+        assert torch.equal(wide.eval()(seq), plain.eval()(seq))
+    with pytest.raises(ValueError, match="upper_window"):
+        SASRec(N, 16, 2, 2, 0.3, L, upper_window=0)

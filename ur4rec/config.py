@@ -175,6 +175,12 @@ class Config(BaseModel):
     #: gives each of its targets the positions a prefix sample of that target would have (in eval
     #: mode the same outputs, tests/test_models.py). With grouped prefixes it did not train better.
     sasrec_positions: Literal["from_end", "from_start"] = "from_end"
+    #: Keys a query of every block above the first attends to: the last ``sasrec_upper_window``
+    #: positions up to and including its own (a sliding window); the first block still attends over
+    #: the whole causal context. null = the whole causal context in every block (Kang & McAuley).
+    #: Reading the last position then needs the first block's outputs at the last w positions only,
+    #: not all max_seq_len of them, so a prefix step costs a fraction of the full one.
+    sasrec_upper_window: int | None = Field(None, ge=1)
     #: Item text inside SASRec (ur4rec.models.item_text), input and output embedding alike: "none" (ID
     #: vectors only), "init" (ID vectors start from the item texts' whitened principal components),
     #: "add" (ID vector + a learned projection of the frozen whitened text, LLM-ESR's dual view),

@@ -26,6 +26,7 @@ def build_model(cfg: Any, num_users: int, num_items: int, user_text_emb: torch.T
                 "text_embedding_dim to the encoder's dimension")
     sasrec = SASRec(num_items, cfg.sasrec_hidden_dim, cfg.sasrec_num_blocks, cfg.sasrec_num_heads,
                     cfg.sasrec_dropout, cfg.max_seq_len, positions=cfg.sasrec_positions,
+                    upper_window=cfg.sasrec_upper_window,
                     item_text=cfg.sasrec_item_text, item_text_emb=item_text_emb,
                     text_components=cfg.sasrec_text_components, user_text_emb=user_text_emb,
                     user_text_weight=cfg.sasrec_user_text_weight)

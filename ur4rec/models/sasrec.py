@@ -15,7 +15,8 @@ No ``nan_to_num``: the NaN cannot arise.
 Hyperparameters (config keys): ``sasrec_hidden_dim`` (H), ``sasrec_num_blocks``,
 ``sasrec_num_heads`` (must divide H), ``sasrec_dropout`` (embedding, attention and FFN dropout,
 with ``FastDropout``'s cheaper masks), ``max_seq_len`` (L), ``sasrec_positions`` (position ids
-counted from the latest item or, as RecBole, from the first), ``sasrec_item_text`` and
+counted from the latest item or, as RecBole, from the first), ``sasrec_upper_window`` (the blocks
+above the first attend over a sliding window of the last w positions), ``sasrec_item_text`` and
 ``sasrec_text_components`` (item text in the item vectors, ``ur4rec.models.item_text``),
 ``sasrec_user_text_weight`` (the user-text distillation loss, ``UserTextDistillation``).
 
@@ -52,10 +53,18 @@ class SASRecBlock(nn.Module):
         """[B, L, H] -> [B, L, H], or [B, k, H] with ``last_k``: only the last k positions' queries,
         residuals and feed-forward (keys and values still cover every position)."""
         b, length, h = x.shape
-        q, k, v = self.qkv(self.ln_attn(x)).view(b, length, 3, self.num_heads, h // self.num_heads).unbind(2)
+        heads, d = self.num_heads, h // self.num_heads
+        y = self.ln_attn(x)
         if last_k:
-            q, x, attn_mask = q[:, -last_k:], x[:, -last_k:], attn_mask[..., -last_k:, :]
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, heads, L or 1, d]
+            y_q, x, attn_mask = y[:, -last_k:], x[:, -last_k:], attn_mask[..., -last_k:, :]
+        else:
+            y_q = y
+        # queries only for the rows computed; keys and values for every position. Two matmuls on the
+        # slices of one qkv weight: no query work for rows nobody reads, and no unbind (its backward
+        # stacks the three gradients into a fresh [B, L, 3, H] copy)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(y_q, w[:h], bias[:h]).view(b, x.shape[1], heads, d).transpose(1, 2)  # [B, heads, k, d]
+        k, v = F.linear(y, w[h:], bias[h:]).view(b, length, 2, heads, d).permute(2, 0, 3, 1, 4)  # [B, heads, L, d]
         a = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], h)))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
@@ -72,10 +81,13 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
     return fast_dropout(probs, dropout, True) @ v
 
 
-def attention_mask(input_seq: torch.Tensor) -> torch.Tensor:
-    """Bool [B, 1, L, L], True = may attend: causal, non-padded keys, and always the diagonal."""
+def attention_mask(input_seq: torch.Tensor, window: int | None = None) -> torch.Tensor:
+    """Bool [B, 1, L, L], True = may attend: causal, non-padded keys, and always the diagonal; with
+    ``window`` w, only the last w positions up to and including the query's own."""
     length = input_seq.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=input_seq.device).tril()
+    if window is not None:
+        causal = causal.triu(1 - window)  # key j of query i: i - w < j <= i
     keys = (input_seq != 0)[:, None, None, :]  # [B, 1, 1, L]
     eye = torch.eye(length, dtype=torch.bool, device=input_seq.device)
     return (causal & keys) | eye  # every row has at least its diagonal: never fully masked
@@ -102,7 +114,8 @@ class UserTextDistillation(nn.Module):
 class SASRec(nn.Module):
     def __init__(self, num_items: int, hidden_dim: int = 64, num_blocks: int = 2, num_heads: int = 2,
                  dropout: float = 0.2, max_seq_len: int = 50, init_std: float = 0.02,
-                 positions: str = "from_end", item_text: str = "none", item_text_emb: torch.Tensor | None = None,
+                 positions: str = "from_end", upper_window: int | None = None, item_text: str = "none",
+                 item_text_emb: torch.Tensor | None = None,
                  text_components: int = 32, user_text_emb: torch.Tensor | None = None,
                  user_text_weight: float = 0.0) -> None:
         super().__init__()
@@ -110,7 +123,9 @@ class SASRec(nn.Module):
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
         if positions not in ("from_end", "from_start"):
             raise ValueError(f"positions must be 'from_end' or 'from_start', got {positions!r}")
-        self.positions = positions
+        if upper_window is not None and upper_window < 1:
+            raise ValueError(f"upper_window must be >= 1 or None, got {upper_window}")
+        self.positions, self.upper_window = positions, upper_window
         self.num_items, self.hidden_dim, self.max_seq_len = num_items, hidden_dim, max_seq_len
         self.item_text_mode = item_text
         id_dim = id_dimension(hidden_dim, item_text, text_components)
@@ -180,13 +195,32 @@ class SASRec(nn.Module):
         pos = self.position_embedding(self.position_ids(input_seq))
         x = F.embedding(input_seq, vectors) * self.hidden_dim**0.5 + pos
         x = self.emb_dropout(x) * keep
-        mask = attention_mask(input_seq)
-        for i, block in enumerate(self.blocks):
-            last = k if k and i == len(self.blocks) - 1 else None
-            x = block(x, mask, last_k=last) * (keep[:, -last:] if last else keep)
-        if k:
-            keep = keep[:, -k:]  # x already has k positions after the last block
-        return self.final_ln(x) * keep
+        masks = self.block_masks(input_seq)
+        rows = length  # positions x holds: each block computes the rows the blocks above it read
+        for block, mask, out_rows in zip(self.blocks, masks, self.rows_needed(length, k)):
+            x = block(x, mask[..., -rows:, -rows:], last_k=out_rows if out_rows < rows else None)
+            rows = out_rows
+            x = x * keep[:, -rows:]
+        return self.final_ln(x) * keep[:, -rows:]
+
+    def block_masks(self, input_seq: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's attention mask [B, 1, L, L]: the first block's over the whole causal context,
+        the others' over the last ``upper_window`` positions when it is set."""
+        full = attention_mask(input_seq)
+        upper = full if self.upper_window is None else attention_mask(input_seq, self.upper_window)
+        return [full] + [upper] * (len(self.blocks) - 1)
+
+    def rows_needed(self, length: int, k: int | None) -> list[int]:
+        """How many of the last positions each block must compute so that the last ``k`` are exact
+        (all ``length`` with k None). A block above the first reads keys from the last w positions, so
+        block i of n needs k + (n - 1 - i)(w - 1) rows below it; without a window every block but the
+        last needs all of them."""
+        n = len(self.blocks)
+        if not k:
+            return [length] * n
+        if self.upper_window is None:
+            return [length] * (n - 1) + [min(k, length)]
+        return [min(length, k + (n - 1 - i) * (self.upper_window - 1)) for i in range(n)]
 
     @torch.no_grad()
     def attention_maps(self, input_seq: torch.Tensor) -> torch.Tensor:
@@ -196,9 +230,8 @@ class SASRec(nn.Module):
         keep = (input_seq != 0).unsqueeze(-1).float()
         x = (F.embedding(input_seq, self.item_vectors()) * self.hidden_dim**0.5
              + self.position_embedding(self.position_ids(input_seq))) * keep
-        mask = attention_mask(input_seq)
         maps = []
-        for block in self.blocks:
+        for block, mask in zip(self.blocks, self.block_masks(input_seq)):
             b, _, h = x.shape
             q, k, _ = block.qkv(block.ln_attn(x)).view(b, length, 3, block.num_heads, h // block.num_heads).unbind(2)
             logits = q.transpose(1, 2) @ k.transpose(1, 2).transpose(-1, -2) / (h // block.num_heads) ** 0.5
