@@ -9,10 +9,11 @@ count (1 thread is how parallel seed sweeps run, one per core):
 - **workbench default**: the default config's ``pretrain_sasrec``, trained by ``JointTrainer``
   exactly as ``ur4rec train`` trains it (one prefix sample per target, ``sasrec_batch_size`` per
   step, warmup + cosine LR, clipping, early stopping on the workbench's validation), all its epochs;
-  its context (``max_seq_len``) and precision (``sasrec_precision``) are the default's, which need
-  not be RecBole's: its time to RecBole's quality compares like with like, its throughput does not;
-- **workbench, RecBole's settings** (``max_seq_len`` 50, fp32, as RecBole runs), one epoch: the
-  throughput at the same settings;
+  its context (``max_seq_len``, ``sasrec_upper_window``) and precision (``sasrec_precision``) are the
+  default's, which need not be RecBole's: its time to RecBole's quality compares like with like, its
+  throughput does not;
+- **workbench, RecBole's settings** (``max_seq_len`` 50 in every block, fp32, as RecBole runs), one
+  epoch: the throughput at the same settings;
 - **workbench, grouped prefixes** (``sasrec_prefix_group: 4``, 64 per step, ~256 targets), one
   epoch, for its throughput;
 - **RecBole 1.2.1**: its SASRec with its own sampling (256 prefixes per step), in its own
@@ -51,7 +52,6 @@ from ur4rec.config import Config, load_config  # noqa: E402
 from ur4rec.evaluation.protocol import evaluate_full_ranking  # noqa: E402
 from ur4rec.evaluation.scoring import validation_metric  # noqa: E402
 from ur4rec.models.dropout import dropout_mask  # noqa: E402
-from ur4rec.models.sasrec import attend, attention_mask  # noqa: E402
 from ur4rec.training.run import build_workspace  # noqa: E402
 from ur4rec.training.seeding import generator, seed_everything  # noqa: E402
 from ur4rec.training.trainer import JointTrainer  # noqa: E402
@@ -61,8 +61,8 @@ NOTES_RECBOLE = {"best_valid_ndcg@10": 0.0699, "epochs": 12,
 #: One epoch of the grouped-prefix option for its throughput: one pass per 4 consecutive targets of a
 #: user, 64 passes (~256 targets) per step; it trains worse (README "SASRec speed").
 GROUPED = {"sasrec_sampling": "prefixes", "sasrec_prefix_group": 4, "sasrec_batch_size": 64}
-#: RecBole's run (bench/recbole_sasrec.py): the last 50 items, fp32.
-RECBOLE_SETTINGS = {"max_seq_len": 50, "sasrec_precision": "fp32"}
+#: RecBole's run (bench/recbole_sasrec.py): the last 50 items in every block, fp32.
+RECBOLE_SETTINGS = {"max_seq_len": 50, "sasrec_upper_window": None, "sasrec_precision": "fp32"}
 
 
 def workbench(cfg: Config, max_epochs: int | None = None) -> dict:
@@ -132,7 +132,6 @@ def step_profile(cfg: Config, steps: int = 30) -> dict:
     bs = trainer.batch_size("pretrain_sasrec")
     prefixes = cfg.sasrec_sampling == "prefixes"
     last_k = cfg.sasrec_prefix_group if prefixes else None  # windows: every position has a target
-    k = last_k or cfg.max_seq_len
     seed_everything(cfg.seed, "bench-profile")
     # the trainer's precision (sasrec_precision: bf16 autocasts SASRec's loss, fp32 weights and optimizer)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.sasrec_precision == "bf16")
@@ -154,31 +153,32 @@ def step_profile(cfg: Config, steps: int = 30) -> dict:
         if n >= 3:  # warm-up steps are not timed
             t_data, t_loss, t_opt = t_data + t1 - t0, t_loss + t2 - t1, t_opt + t3 - t2
     b, length, h = bs, cfg.max_seq_len, cfg.sasrec_hidden_dim
-    heads, p, blocks = cfg.sasrec_num_heads, cfg.sasrec_dropout, cfg.sasrec_num_blocks
+    heads, p = cfg.sasrec_num_heads, cfg.sasrec_dropout
     x = torch.randn(b, length, h, requires_grad=True)
-    mask = attention_mask(inputs[order[:bs]])
-    block = model.blocks[0]
+    # each block's rows (queries, feed-forward) and keys, as the model's own pass computes them
+    rows = model.rows_needed(length, last_k)
+    keys = [length, *rows[:-1]]
+    masks_ = model.block_masks(inputs[order[:bs]])
 
-    def attention(rows: int) -> None:  # queries of the last `rows` positions, keys and values of all
+    def attention(i: int) -> None:  # block i's attention: its rows' queries over its keys, out-projection
         with autocast:
-            q, kk, v = block.qkv(block.ln_attn(x)).view(b, length, 3, heads, h // heads).unbind(2)
-            a = attend(q[:, -rows:].transpose(1, 2), kk.transpose(1, 2), v.transpose(1, 2), mask[..., -rows:, :], p)
-            out = block.out(a.transpose(1, 2).reshape(b, rows, h)).float().sum()
+            out = model.blocks[i].attention(x[:, -keys[i]:], masks_[i][..., -keys[i]:, -keys[i]:],
+                                            rows[i] if rows[i] < keys[i] else None).float().sum()
         out.backward()
 
-    def ffn(rows: int) -> None:
+    def ffn(i: int) -> None:
+        block = model.blocks[i]
         with autocast:
-            out = block.ffn(block.ln_ffn(x[:, -rows:])).float().sum()
+            out = block.ffn(block.ln_ffn(x[:, -rows[i]:])).float().sum()
         out.backward()
 
     def masks() -> None:  # every dropout mask of one step: embeddings, then per block 4 (attention probs incl.)
         dropout_mask((b, length, h), p, torch.float32)
-        for i in range(blocks):
-            rows = k if i == blocks - 1 else length
-            dropout_mask((b, heads, rows, length), p, torch.float32)
-            dropout_mask((b, rows, h), p, torch.float32)
-            dropout_mask((b, rows, 4 * h), p, torch.float32)
-            dropout_mask((b, rows, h), p, torch.float32)
+        for r, kk in zip(rows, keys):
+            dropout_mask((b, heads, r, kk), p, torch.float32)
+            dropout_mask((b, r, h), p, torch.float32)
+            dropout_mask((b, r, 4 * h), p, torch.float32)
+            dropout_mask((b, r, h), p, torch.float32)
 
     n_targets = int((targets[order[:bs]] != 0).sum())
     hidden = torch.randn(n_targets, h, requires_grad=True)
@@ -190,9 +190,9 @@ def step_profile(cfg: Config, steps: int = 30) -> dict:
             loss = F.cross_entropy(logits.masked_fill(torch.arange(logits.shape[1]) == 0, float("-inf")), labels)
         loss.backward()
 
-    parts = {"attention (fwd+bwd, all blocks)": (blocks - 1) * _ms(lambda: attention(length)) + _ms(
-                 lambda: attention(k)),
-             "feed-forward (fwd+bwd, all blocks)": (blocks - 1) * _ms(lambda: ffn(length)) + _ms(lambda: ffn(k)),
+    blocks = range(len(model.blocks))
+    parts = {"attention (fwd+bwd, all blocks)": sum(_ms(lambda i=i: attention(i)) for i in blocks),
+             "feed-forward (fwd+bwd, all blocks)": sum(_ms(lambda i=i: ffn(i)) for i in blocks),
              "dropout masks": _ms(masks), "cross-entropy over the catalogue (fwd+bwd)": _ms(cross_entropy),
              "optimizer (clip + AdamW)": t_opt / steps * 1000, "data (batch indexing)": t_data / steps * 1000}
     step_ms = (t_data + t_loss + t_opt) / steps * 1000
@@ -216,15 +216,17 @@ def main() -> None:
     cfg = load_config(args.config)
     target = NOTES_RECBOLE["best_valid_ndcg@10"]
     result = {"benchmark": "SASRec training, ML-100K, CE, hidden 64, 2 layers, 2 heads",
-              "default": {"max_seq_len": cfg.max_seq_len, "sasrec_precision": cfg.sasrec_precision},
+              "default": {"max_seq_len": cfg.max_seq_len, "sasrec_upper_window": cfg.sasrec_upper_window,
+                          "sasrec_precision": cfg.sasrec_precision},
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "target_valid_ndcg@10": target, "target_source": NOTES_RECBOLE["source"],
               "validation_protocol": "RecBole's (known items ranked too) on both sides for the time-to-target",
               "by_threads": {}}
     md = ["# SASRec training: UR4Rec Workbench vs RecBole 1.2.1 (same CPU, one run)", "",
-          f"The default trains on the last {cfg.max_seq_len} items in {cfg.sasrec_precision}; RecBole and the "
-          "'RecBole's settings' row on the last 50 in fp32 (the default's throughput is not at the same settings; "
-          "its time to RecBole's quality is).", "",
+          f"The default trains on the last {cfg.max_seq_len} items, its upper blocks over the last "
+          f"{cfg.sasrec_upper_window or cfg.max_seq_len} positions (`sasrec_upper_window`), in "
+          f"{cfg.sasrec_precision}; RecBole and the 'RecBole's settings' row on the last 50 in every block in fp32 "
+          "(the default's throughput is not at the same settings; its time to RecBole's quality is).", "",
           f"Time to target = wall time (training + validation) to validation NDCG@10 >= {target} (RecBole's 12-epoch "
           "best, shared/NOTES.md), RecBole's protocol (known items ranked) on both sides; RecBole's = its epoch time "
           "in this run x 12. Throughput = training targets per second of training. Stage s = the default's "

@@ -67,8 +67,10 @@ def _strip_time(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.parametrize("sasrec", [{}, {"sasrec_sampling": "prefixes", "sasrec_batch_size": 16},
                                     {"sasrec_sampling": "prefixes", "sasrec_batch_size": 8, "sasrec_prefix_group": 3,
-                                     "sasrec_positions": "from_start"}, {"sasrec_precision": "bf16"}],
-                         ids=["windows", "prefixes", "grouped", "bf16"])
+                                     "sasrec_positions": "from_start"}, {"sasrec_precision": "bf16"},
+                                    {"sasrec_sampling": "prefixes", "sasrec_batch_size": 16, "sasrec_upper_window": 3,
+                                     "sasrec_precision": "bf16"}],
+                         ids=["windows", "prefixes", "grouped", "bf16", "window-bf16-as-the-default"])
 def test_same_seed_same_history(small, tmp_path: Path, sasrec: dict) -> None:
     """Same seed, same thread count: the same history (every loss, metric and learning rate) and the same
     weights, for each way pretrain_sasrec samples (dropout's masks come from the seeded generator)."""
