@@ -52,22 +52,24 @@ class SASRecBlock(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, last_k: int | None = None) -> torch.Tensor:
         """[B, L, H] -> [B, L, H], or [B, k, H] with ``last_k``: only the last k positions' queries,
         residuals and feed-forward (keys and values still cover every position)."""
+        a = self.attention(x, attn_mask, last_k)
+        x = (x[:, -last_k:] if last_k else x) + self.drop(a)
+        return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+    def attention(self, x: torch.Tensor, attn_mask: torch.Tensor, last_k: int | None = None) -> torch.Tensor:
+        """The attention sublayer's output before its residual: [B, L or k, H]."""
         b, length, h = x.shape
         heads, d = self.num_heads, h // self.num_heads
+        rows = last_k or length
         y = self.ln_attn(x)
-        if last_k:
-            y_q, x, attn_mask = y[:, -last_k:], x[:, -last_k:], attn_mask[..., -last_k:, :]
-        else:
-            y_q = y
         # queries only for the rows computed; keys and values for every position. Two matmuls on the
         # slices of one qkv weight: no query work for rows nobody reads, and no unbind (its backward
         # stacks the three gradients into a fresh [B, L, 3, H] copy)
         w, bias = self.qkv.weight, self.qkv.bias
-        q = F.linear(y_q, w[:h], bias[:h]).view(b, x.shape[1], heads, d).transpose(1, 2)  # [B, heads, k, d]
+        q = F.linear(y[:, -rows:], w[:h], bias[:h]).view(b, rows, heads, d).transpose(1, 2)  # [B, heads, k, d]
         k, v = F.linear(y, w[h:], bias[h:]).view(b, length, 2, heads, d).permute(2, 0, 3, 1, 4)  # [B, heads, L, d]
-        a = attend(q, k, v, attn_mask, self.dropout if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], h)))
-        return x + self.drop(self.ffn(self.ln_ffn(x)))
+        a = attend(q, k, v, attn_mask[..., -rows:, :], self.dropout if self.training else 0.0)
+        return self.out(a.transpose(1, 2).reshape(b, rows, h))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor,
