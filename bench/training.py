@@ -205,15 +205,8 @@ def median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    ap.add_argument("--recbole-epochs", type=int, default=1)
-    ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
-    ap.add_argument("--config", default=None, help="the workbench's config (default: the default config)")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    cfg = load_config(args.config)
+def measure(cfg: Config, threads_list: list[int], recbole_epochs: int, venv: Path) -> dict:
+    """Every trainer at every thread count, and the step profile: the result JSON."""
     target = NOTES_RECBOLE["best_valid_ndcg@10"]
     result = {"benchmark": "SASRec training, ML-100K, CE, hidden 64, 2 layers, 2 heads",
               "default": {"max_seq_len": cfg.max_seq_len, "sasrec_upper_window": cfg.sasrec_upper_window,
@@ -221,28 +214,15 @@ def main() -> None:
               "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
               "target_valid_ndcg@10": target, "target_source": NOTES_RECBOLE["source"],
               "validation_protocol": "RecBole's (known items ranked too) on both sides for the time-to-target",
-              "by_threads": {}}
-    md = ["# SASRec training: UR4Rec Workbench vs RecBole 1.2.1 (same CPU, one run)", "",
-          f"The default trains on the last {cfg.max_seq_len} items, its upper blocks over the last "
-          f"{cfg.sasrec_upper_window or cfg.max_seq_len} positions (`sasrec_upper_window`), in "
-          f"{cfg.sasrec_precision}; RecBole and the 'RecBole's settings' row on the last 50 in every block in fp32 "
-          "(the default's throughput is not at the same settings; its time to RecBole's quality is).", "",
-          f"Time to target = wall time (training + validation) to validation NDCG@10 >= {target} (RecBole's 12-epoch "
-          "best, shared/NOTES.md), RecBole's protocol (known items ranked) on both sides; RecBole's = its epoch time "
-          "in this run x 12. Throughput = training targets per second of training. Stage s = the default's "
-          "`StageResult.seconds` (all its epochs, validation included). `python bench/training.py`.", "",
-          "| threads | trainer | per step | s per epoch | targets/s | vs RecBole | time to target | vs RecBole "
-          "| stage s | best valid (ours) |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for threads in args.threads:
+              "threads": threads_list, "by_threads": {}}
+    for threads in threads_list:
         torch.set_num_threads(threads)
-        rb = recbole(args.recbole_epochs, threads, Path(args.venv))
+        rb = recbole(recbole_epochs, threads, venv)
         rb_train = median([e["train_s"] for e in rb["epochs"]])
         rb_tput = rb["training_sequences"] / rb_train
         rb_to_target = rb["epochs"][-1]["wall_s"] / len(rb["epochs"]) * NOTES_RECBOLE["epochs"]
         row = {"recbole": {"s_per_epoch": rb_train, "targets_per_s": rb_tput, "time_to_target_s": rb_to_target,
                            "epochs": rb["epochs"]}}
-        md.append(f"| {threads} | RecBole 1.2.1 | 256 prefixes | {rb_train:.1f} | {rb_tput:.0f} | — | "
-                  f"{rb_to_target:.0f} s | — | — | — |")
         runs = {"default": workbench(cfg),
                 "RecBole's settings": workbench(cfg.model_copy(update=RECBOLE_SETTINGS), 1),
                 "grouped prefixes": workbench(cfg.model_copy(update=GROUPED), 1)}
@@ -252,33 +232,84 @@ def main() -> None:
             reached = next((e for e in run["epochs"] if e["valid_ndcg@10"] >= target), None)
             to_target = reached["wall_s"] if reached else None
             row[name] = {"s_per_epoch": s_epoch, "targets_per_s": tput, "throughput_vs_recbole": tput / rb_tput,
-                         "time_to_target_s": to_target,
+                         "time_to_target_s": to_target, "epochs_to_target": reached["epoch"] + 1 if reached else None,
                          "time_to_target_vs_recbole": rb_to_target / to_target if to_target else None,
+                         "best_valid_ndcg@10": max(e["valid_ndcg@10"] for e in run["epochs"]),
                          "best_valid_ndcg@10_known_excluded": max(e["valid_ndcg@10_known_excluded"]
                                                                   for e in run["epochs"]), **run}
-            per_step = (f"{run['batch_size']} windows" if run["sampling"] == "windows" else
-                        f"{run['batch_size']} prefixes" if run["prefix_group"] == 1 else
-                        f"{run['batch_size']} groups of {run['prefix_group']} targets")
-            stage = f"{run['stage_seconds']:.0f}" if run["stage_seconds"] else "—"
-            best = f"{row[name]['best_valid_ndcg@10_known_excluded']:.4f}" if run["stage_seconds"] else "—"
-            md.append(f"| {threads} | workbench, {name} | {per_step} | {s_epoch:.1f} | {tput:.0f} | "
-                      f"{tput / rb_tput:.1f}x | " + (f"{to_target:.0f} s ({reached['epoch'] + 1} epochs) | "
-                                                     f"{rb_to_target / to_target:.1f}x |" if to_target
-                                                     else "not run to target | — |") + f" {stage} | {best} |")
         row["step_profile"] = step_profile(cfg)
         result["by_threads"][str(threads)] = row
+    return result
+
+
+def render(result: dict) -> list[str]:
+    """The markdown table of a result JSON (``measure``'s)."""
+    target, default = result["target_valid_ndcg@10"], result["default"]
+    threads_list = result["threads"]
+    md = ["# SASRec training: UR4Rec Workbench vs RecBole 1.2.1 (same CPU, one run)", "",
+          f"The default trains on the last {default['max_seq_len']} items, its upper blocks over the last "
+          f"{default['sasrec_upper_window'] or default['max_seq_len']} positions (`sasrec_upper_window`), in "
+          f"{default['sasrec_precision']}; RecBole and the 'RecBole's settings' row on the last 50 in every block "
+          "in fp32 (the default's throughput is not at the same settings; its time to RecBole's quality is).", "",
+          f"Time to target = wall time (training + validation) to validation NDCG@10 >= {target} (RecBole's 12-epoch "
+          "best, shared/NOTES.md), RecBole's protocol (known items ranked) on both sides; RecBole's = its epoch time "
+          "in this run x 12. Throughput = training targets per second of training. Stage s = the default's "
+          "`StageResult.seconds` (all its epochs, validation included). Best valid = the best epoch's validation "
+          "NDCG@10 on the workbench's protocol (known items excluded) and on RecBole's. `python bench/training.py`.",
+          "", "| threads | trainer | per step | s per epoch | targets/s | vs RecBole | time to target | vs RecBole "
+          "| stage s | best valid (ours / RecBole's protocol) |", "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for threads in threads_list:
+        row = result["by_threads"][str(threads)]
+        rb = row["recbole"]
+        md.append(f"| {threads} | RecBole 1.2.1 | 256 prefixes | {rb['s_per_epoch']:.1f} | {rb['targets_per_s']:.0f} "
+                  f"| — | {rb['time_to_target_s']:.0f} s | — | — | — |")
+        for name in ("default", "RecBole's settings", "grouped prefixes"):
+            r = row[name]
+            per_step = (f"{r['batch_size']} windows" if r["sampling"] == "windows" else
+                        f"{r['batch_size']} prefixes" if r["prefix_group"] == 1 else
+                        f"{r['batch_size']} groups of {r['prefix_group']} targets")
+            complete = r["stage_seconds"] is not None and len(r["epochs"]) > 1
+            if r["time_to_target_s"]:
+                to_target = (f"{r['time_to_target_s']:.0f} s ({r['epochs_to_target']} epochs) | "
+                             f"{r['time_to_target_vs_recbole']:.1f}x |")
+            elif complete:
+                to_target = f"not reached in {len(r['epochs'])} epochs | — |"
+            else:
+                to_target = "one epoch, not run to target | — |"
+            stage = f"{r['stage_seconds']:.0f}" if complete else "—"
+            best = (f"{r['best_valid_ndcg@10_known_excluded']:.4f} / {r['best_valid_ndcg@10']:.4f}" if complete
+                    else "—")
+            md.append(f"| {threads} | workbench, {name} | {per_step} | {r['s_per_epoch']:.1f} | "
+                      f"{r['targets_per_s']:.0f} | {r['throughput_vs_recbole']:.1f}x | {to_target} {stage} | {best} |")
     md += ["", "s per epoch = training only, on both sides. Step profile of the default (one optimizer step; "
            "each part timed alone on the step's shapes):", "",
-           "| part | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} ms" for t in args.threads) + " |",
-           "|---|" + "---:|" * len(args.threads)]
-    profiles = [result["by_threads"][str(t)]["step_profile"] for t in args.threads]
+           "| part | " + " | ".join(f"{t} thread{'s' if t > 1 else ''} ms" for t in threads_list) + " |",
+           "|---|" + "---:|" * len(threads_list)]
+    profiles = [result["by_threads"][str(t)]["step_profile"] for t in threads_list]
     for part in profiles[0]["parts_ms"]:
         md.append(f"| {part} | " + " | ".join(f"{p['parts_ms'][part]:.1f} ({p['parts_ms'][part] / p['step_ms']:.0%})"
                                                for p in profiles) + " |")
     md.append("| **step** | " + " | ".join(f"**{p['step_ms']:.1f}**" for p in profiles) + " |")
     md.append(f"\n{profiles[0]['samples_per_step']} samples, {profiles[0]['targets_per_step']} targets in the "
               "profiled step.\n")
-    publish("training", result, md, args.json)
+    return md
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[2, 1])
+    ap.add_argument("--recbole-epochs", type=int, default=1)
+    ap.add_argument("--venv", default=str(ROOT / ".bench-venv"))
+    ap.add_argument("--config", default=None, help="the workbench's config (default: the default config)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="rewrite training.md from bench/results/training.json (no training)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.render_only:
+        result = json.loads((ROOT / "bench" / "results" / "training.json").read_text())
+    else:
+        result = measure(load_config(args.config), args.threads, args.recbole_epochs, Path(args.venv))
+    publish("training", result, render(result), args.json)
 
 
 if __name__ == "__main__":
