@@ -214,9 +214,9 @@ class SASRec(nn.Module):
 
     def rows_needed(self, length: int, k: int | None) -> list[int]:
         """How many of the last positions each block must compute so that the last ``k`` are exact
-        (all ``length`` with k None). A block above the first reads keys from the last w positions, so
-        block i of n needs k + (n - 1 - i)(w - 1) rows below it; without a window every block but the
-        last needs all of them."""
+        (all ``length`` with k None). A block above the first reads keys from the last w positions of
+        the block below, so block i of n computes k + (n - 1 - i)(w - 1) rows; without a window every
+        block but the last computes all of them."""
         n = len(self.blocks)
         if not k:
             return [length] * n
