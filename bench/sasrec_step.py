@@ -79,7 +79,7 @@ def main() -> None:
               "steps_per_epoch": steps_per_epoch, "by_threads": {}}
     md = [f"# One pretrain_sasrec step: this checkout's SASRec vs commit {args.baseline_commit}'s", "",
           f"Default config's samples ({cfg.sasrec_sampling}, {bs} per step, {steps_per_epoch} steps per epoch), CE, "
-          "backward, clipping, AdamW; the two models alternate in rounds of 5 steps in one process. "
+          "backward, clipping, AdamW; the three models alternate in rounds of 5 steps in one process. "
           "`python bench/sasrec_step.py`.", "",
           f"The default: sasrec_upper_window {cfg.sasrec_upper_window}, sasrec_precision {cfg.sasrec_precision}.", "",
           "| threads | baseline ms/step | this checkout, whole context, fp32 | speed-up | the default | speed-up "
