@@ -11,7 +11,8 @@ last-k pass). This checkout runs twice: as the default config builds it (``sasre
 fp32, the baseline's model and arithmetic (what the kernels alone gained). Steps alternate between the
 three in rounds of 5 after 5 warm-up steps each, so a slow moment of the machine costs each. Reported:
 median ms per step over the rounds and the ratios. An epoch = steps per epoch x that time (validation
-not included).
+not included). The process's malloc keeps freed memory for reuse, as training's does
+(``ur4rec.devices.keep_freed_memory``), for all three models alike.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from bench.publish import publish  # noqa: E402
 from ur4rec.config import load_config  # noqa: E402
 from ur4rec.data import load_prepared  # noqa: E402
 from ur4rec.data.batching import training_prefixes, training_windows  # noqa: E402
+from ur4rec.devices import keep_freed_memory  # noqa: E402
 from ur4rec.models import sasrec as current  # noqa: E402
 
 
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="timed steps per model and thread count")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    keep_freed_memory()  # as build_workspace does for every run
     cfg = load_config()
     data = load_prepared(cfg)
     train = data.train_sequences()

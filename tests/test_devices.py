@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import ur4rec.devices as devices
 from ur4rec.devices import autocast_dtype, configure_determinism, describe_device, module_device, resolve_device
 from ur4rec.errors import ConfigError
 from ur4rec.evaluation.evaluate import exact_affordable
@@ -55,3 +56,17 @@ def test_exact_catalogue_auto_keys_on_the_models_device_not_on_the_machine(monke
     assert exact_affordable(cfg, big, gpu_model)
     never = SimpleNamespace(exact_catalogue="never", retriever_output_dim=64)
     assert exact_affordable(never, small, gpu_model) is False
+
+
+
+def test_keep_freed_memory_sets_mallocs_thresholds_and_is_a_no_op_without_glibc(monkeypatch) -> None:
+    """glibc's mallopt gets the largest mmap threshold (blocks up to 32 MiB from the heap, reused) and
+    a trim threshold (freed heap kept up to it); a C library without mallopt, or macOS, is left alone."""
+    calls = []
+    monkeypatch.setattr(devices.ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=lambda *a: calls.append(a) or 1))
+    assert devices.keep_freed_memory(trim_threshold=1 << 28) is True
+    assert calls == [(-3, 32 << 20), (-1, 1 << 28)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (malloc.h)
+    monkeypatch.setattr(devices.ctypes, "CDLL", lambda name: SimpleNamespace())  # musl: no mallopt
+    assert devices.keep_freed_memory() is False
+    monkeypatch.setattr(devices.sys, "platform", "darwin")
+    assert devices.keep_freed_memory() is False

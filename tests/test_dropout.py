@@ -68,3 +68,16 @@ def test_expectation_is_the_input_like_nn_dropout() -> None:
 def test_bad_probability_is_refused(p: float) -> None:
     with pytest.raises(ValueError, match="dropout probability"):
         FastDropout(p)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_folded_padding_mask_gives_the_same_draws_and_values_as_masking_after(dtype: torch.dtype) -> None:
+    shape = (8, 50, 16)
+    valid = torch.rand(8, 50, 1) > 0.3
+    torch.manual_seed(5)
+    folded = dropout_mask(shape, 0.2, dtype, valid=valid)
+    after_folded = torch.rand(3)  # the generator moved on by the same draws
+    torch.manual_seed(5)
+    plain = dropout_mask(shape, 0.2, dtype)
+    assert torch.equal(folded, plain * valid.to(dtype))
+    assert torch.equal(after_folded, torch.rand(3))

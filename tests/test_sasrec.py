@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ur4rec.diagnostics.reproductions import reproduce_bpr_overflow, reproduce_masked_attention_nan
+from ur4rec.models.dropout import fast_dropout
 from ur4rec.models.sasrec import SASRec, attention_mask
 
 L = 12
@@ -80,3 +81,22 @@ def test_bpr_overflow_reproduction() -> None:
     r = reproduce_bpr_overflow()
     assert r["naive"][0] == float("inf")
     assert all(torch.isfinite(torch.tensor(r["workbench"])))
+
+
+@pytest.mark.parametrize("hidden_dim", [64, 48])  # sqrt(H) a power of two, and not
+def test_embed_gives_bit_for_bit_what_scaling_and_masking_the_gather_gives(hidden_dim: int) -> None:
+    """``SASRec.embed`` scales the table, not the [B, L, H] gather, and folds the padding mask into the
+    embedding dropout mask: the same values and the same random draws as the plain formulation."""
+    seq = _batch(64)
+    torch.manual_seed(0)
+    model = SASRec(40, hidden_dim=hidden_dim, num_heads=2, dropout=0.2, max_seq_len=L)
+    vectors = model.item_vectors()
+    pos = model.position_embedding(model.position_ids(seq))
+    keep = (seq != 0).unsqueeze(-1).float()
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(1)
+        x, k = model.embed(seq, vectors)
+        torch.manual_seed(1)
+        plain = fast_dropout(torch.nn.functional.embedding(seq, vectors) * hidden_dim**0.5 + pos, 0.2, training) * keep
+        assert torch.equal(x, plain) and torch.equal(k, keep)

@@ -14,11 +14,19 @@ needs cuDNN's deterministic kernels, no autotuning, and cuBLAS's fixed workspace
 (``CUBLAS_WORKSPACE_CONFIG``, set before the first cuBLAS call); ``use_deterministic_algorithms``
 warns (``warn_only``) where an op has no deterministic kernel, so such a run says so instead of
 failing.
+
+On the CPU, glibc's malloc hands every block over ~128 KiB back to the kernel when it is freed, so the
+next step's tensors of the same size come back as fresh pages, each zeroed by a page fault: a SASRec
+step's [256, 50, 64] elementwise ops ran at a third of their speed. ``keep_freed_memory`` (called by
+``build_workspace``) makes malloc keep them for reuse; the arithmetic is unchanged.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import sys
 
 import torch
 
@@ -57,6 +65,25 @@ def configure_determinism(device: torch.device) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit systems
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 << 20
+
+
+def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+    """Make glibc's malloc reuse freed tensor memory instead of returning it to the kernel: blocks
+    up to 32 MiB come from the heap, and up to ``trim_threshold`` bytes of freed heap stay mapped.
+    True if applied; False where the C library is not glibc (nothing changes there). Results are
+    identical either way; the process keeps up to ``trim_threshold`` more memory after a peak."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

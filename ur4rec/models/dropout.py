@@ -19,8 +19,10 @@ _LEVELS = 1 << 16  # values of one 16-bit lane
 
 
 def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dtype,
-                 device: torch.device | None = None) -> torch.Tensor:
-    """Keep-and-scale multipliers of ``shape``: 0 with probability ~p, else 1 / (1 - p)."""
+                 device: torch.device | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-and-scale multipliers of ``shape``: 0 with probability ~p, else 1 / (1 - p). ``valid``
+    (bool, broadcastable to ``shape``) zeroes its False entries too: a padding mask folded into the
+    dropout mask, so ``x * mask`` is one multiplication, not two (the draws are the same either way)."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     n = 1
@@ -31,7 +33,10 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dty
     bits = torch.randint(-(1 << 63), (1 << 63) - 1, ((n + 3) // 4,), dtype=torch.int64, device=device)
     lanes = bits.view(torch.int16)[:n].view(shape)  # each lane uniform over -32768 .. 32767
     keep = lanes >= dropped - _LEVELS // 2
-    return keep.to(dtype) * (_LEVELS / (_LEVELS - dropped))
+    if valid is not None:
+        keep = keep & valid
+    # a bool tensor times the scale is already float: one pass (the value is what .to(dtype) * scale gave)
+    return (keep * (_LEVELS / (_LEVELS - dropped))).to(dtype)
 
 
 def fast_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:

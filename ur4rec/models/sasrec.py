@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ur4rec.models.dropout import FastDropout, fast_dropout
+from ur4rec.models.dropout import FastDropout, dropout_mask, fast_dropout
 from ur4rec.models.item_text import ItemTextFusion, check_text_rows, id_dimension, whitened_components
 
 
@@ -192,11 +192,7 @@ class SASRec(nn.Module):
         length = input_seq.shape[1]
         if length > self.max_seq_len:
             raise ValueError(f"sequence length {length} > max_seq_len {self.max_seq_len}")
-        vectors = self.item_vectors() if item_vectors is None else item_vectors
-        keep = (input_seq != 0).unsqueeze(-1).to(vectors.dtype)
-        pos = self.position_embedding(self.position_ids(input_seq))
-        x = F.embedding(input_seq, vectors) * self.hidden_dim**0.5 + pos
-        x = self.emb_dropout(x) * keep
+        x, keep = self.embed(input_seq, self.item_vectors() if item_vectors is None else item_vectors)
         masks = self.block_masks(input_seq)
         rows = length  # positions x holds: each block computes the rows the blocks above it read
         for block, mask, out_rows in zip(self.blocks, masks, self.rows_needed(length, k)):
@@ -204,6 +200,20 @@ class SASRec(nn.Module):
             rows = out_rows
             x = x * keep[:, -rows:]
         return self.final_ln(x) * keep[:, -rows:]
+
+    def embed(self, input_seq: torch.Tensor, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first block's input [B, L, H] (item vector x sqrt(H) + position, embedding dropout,
+        padded positions zero) and the padding multipliers [B, L, 1]. Both scalings act on small
+        tensors: sqrt(H) on the [N+1, H] table before the gather, the padding mask inside the dropout
+        mask; the values are those of scaling and masking the [B, L, H] gather, in fewer passes over it."""
+        valid = (input_seq != 0).unsqueeze(-1)
+        keep = valid.to(vectors.dtype)
+        pos = self.position_embedding(self.position_ids(input_seq))
+        x = F.embedding(input_seq, vectors * self.hidden_dim**0.5) + pos
+        p = self.emb_dropout.p
+        if self.training and p > 0:
+            return x * dropout_mask(x.shape, p, x.dtype, x.device, valid=valid), keep
+        return x * keep, keep
 
     def block_masks(self, input_seq: torch.Tensor) -> list[torch.Tensor]:
         """Each block's attention mask [B, 1, L, L]: the first block's over the whole causal context,
@@ -229,9 +239,7 @@ class SASRec(nn.Module):
         """Attention probabilities of every block and head: [B, blocks, heads, L, L] (for plots)."""
         input_seq = input_seq.to(self.position_embedding.weight.device)
         length = input_seq.shape[1]
-        keep = (input_seq != 0).unsqueeze(-1).float()
-        x = (F.embedding(input_seq, self.item_vectors()) * self.hidden_dim**0.5
-             + self.position_embedding(self.position_ids(input_seq))) * keep
+        x, keep = self.embed(input_seq, self.item_vectors())
         maps = []
         for block, mask in zip(self.blocks, self.block_masks(input_seq)):
             b, _, h = x.shape

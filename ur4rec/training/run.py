@@ -17,7 +17,7 @@ import torch
 
 from ur4rec.config import Config
 from ur4rec.data.dataset import PreparedData, load_prepared
-from ur4rec.devices import configure_determinism, resolve_device
+from ur4rec.devices import configure_determinism, keep_freed_memory, resolve_device
 from ur4rec.errors import UR4RecError
 from ur4rec.models.build import build_model
 from ur4rec.texts import TextEmbeddings, load_text_embeddings
@@ -47,6 +47,7 @@ def build_workspace(cfg: Config) -> Workspace:
     texts = load_text_embeddings(cfg, data)
     device = resolve_device(cfg.device)
     configure_determinism(device)
+    keep_freed_memory()  # tensors' freed memory is reused, not faulted in afresh each step (ur4rec.devices)
     seed_everything(cfg.seed, "init")
     # built on the CPU (the same initial weights whatever the device), then moved
     model = build_model(cfg, data.num_users, data.num_items, texts.user, texts.item).to(device)
