@@ -15,10 +15,12 @@ needs cuDNN's deterministic kernels, no autotuning, and cuBLAS's fixed workspace
 warns (``warn_only``) where an op has no deterministic kernel, so such a run says so instead of
 failing.
 
-On the CPU, glibc's malloc hands every block over ~128 KiB back to the kernel when it is freed, so the
-next step's tensors of the same size come back as fresh pages, each zeroed by a page fault: a SASRec
-step's [256, 50, 64] elementwise ops ran at a third of their speed. ``keep_freed_memory`` (called by
-``build_workspace``) makes malloc keep them for reuse; the arithmetic is unchanged.
+On the CPU, glibc's malloc gives the pages of large freed blocks back to the kernel (blocks over its
+mmap threshold, and a free heap top over its trim threshold), so the next step's tensors of the same
+size come back as fresh pages, each zeroed by a page fault: a SASRec step faulted ~3,500 pages and
+its elementwise ops over [256, 50, 64] tensors ran several times slower than on reused memory.
+``keep_freed_memory`` (called by ``build_workspace``) makes malloc keep them for reuse; the arithmetic
+is unchanged (bench/allocator.py).
 """
 
 from __future__ import annotations
