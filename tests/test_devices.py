@@ -58,7 +58,6 @@ def test_exact_catalogue_auto_keys_on_the_models_device_not_on_the_machine(monke
     assert exact_affordable(never, small, gpu_model) is False
 
 
-
 def test_keep_freed_memory_sets_mallocs_thresholds_and_is_a_no_op_without_glibc(monkeypatch) -> None:
     """glibc's mallopt gets the largest mmap threshold (blocks up to 32 MiB from the heap, reused) and
     a trim threshold (freed heap kept up to it); a C library without mallopt, or macOS, is left alone."""

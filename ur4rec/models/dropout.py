@@ -35,7 +35,7 @@ def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, dtype: torch.dty
     keep = lanes >= dropped - _LEVELS // 2
     if valid is not None:
         keep = keep & valid
-    # a bool tensor times the scale is already float: one pass (the value is what .to(dtype) * scale gave)
+    # bool x scale computes in float: the same value as .to(dtype) * scale, rounded to dtype after
     return (keep * (_LEVELS / (_LEVELS - dropped))).to(dtype)
 
 
