@@ -1,6 +1,8 @@
 """RecBole 1.2.1 SASRec on ML-100K, timed per epoch. Runs ONLY in the benchmark venv (.bench-venv).
 
-    python bench/recbole_sasrec.py [EPOCHS] [THREADS]
+    python bench/recbole_sasrec.py [EPOCHS] [THREADS] [STOP_AT]
+
+With STOP_AT (a validation NDCG@10), training stops after the first epoch that reaches it.
 
 Settings as measured in shared/NOTES.md: all interactions, leave-one-out by time, max length 50,
 hidden 64, inner 256, 2 layers, 2 heads, dropout 0.2/0.2, gelu, CE loss, batch 256, Adam 1e-3,
@@ -21,6 +23,7 @@ import torch  # noqa: E402
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
+stop_at = float(sys.argv[3]) if len(sys.argv) > 3 else None
 data_path = str(Path(importlib.util.find_spec("recbole").submodule_search_locations[0]) / "dataset_example")
 from recbole.config import Config  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
@@ -57,4 +60,6 @@ for epoch in range(epochs):
     records.append({"epoch": epoch, "train_s": round(train_s, 2), "valid_ndcg@10": float(score),
                     "wall_s": round(wall, 2)})
     print(json.dumps(records[-1]), file=sys.stderr, flush=True)
+    if stop_at is not None and score >= stop_at:
+        break
 print(json.dumps({"training_sequences": len(train_data.dataset), "epochs": records}))
