@@ -280,7 +280,7 @@ def render(result: dict) -> list[str]:
         rb_to = (f"{rb['time_to_target_s']:.0f} s ({_epochs(rb['epochs_to_target'])})" if rb["time_to_target_s"] else
                  f"not reached in {len(rb['epochs'])} epochs ({rb_wall:.0f} s)")
         md.append(f"| {threads} | RecBole 1.2.1 | 256 prefixes | {rb['s_per_epoch']:.1f} | {rb['targets_per_s']:.0f} "
-                  f"| — | {rb_to} | — | — | — / {rb['best_valid_ndcg@10']:.4f} |")
+                  f"| — | {rb_to} | — | — | — / {rb['best_valid_ndcg@10']:.4f} (where it stopped) |")
         for name in ("default", "RecBole's settings", "grouped prefixes"):
             r = row[name]
             per_step = (f"{r['batch_size']} windows" if r["sampling"] == "windows" else
